@@ -1,0 +1,57 @@
+"""The one settings object, read from the environment at entry points only."""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Configuration of every pipeline step, the model server and the web app.
+
+    Names are the environment variables of ARCHITECTURE.md; build it in `main()` or
+    `create_app()` and pass it down, and in tests with keyword overrides.
+    """
+
+    model_config = SettingsConfigDict(extra="forbid", case_sensitive=False, populate_by_name=True)
+
+    database_url: str = "postgresql://titanic:titanic@127.0.0.1:5432/titanic"
+    """Postgres DSN; a `?options=-csearch_path%3D<schema>` suffix selects a schema."""
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    """Redis (or Valkey) holding the online feature store."""
+    s3_endpoint: str = "127.0.0.1:9000"
+    """host:port of the S3-compatible object store (no scheme)."""
+    s3_access_key: str | None = None
+    """S3 access key; never defaulted."""
+    s3_secret_key: str | None = None
+    """S3 secret key; never defaulted."""
+    s3_secure: bool = False
+    """Use HTTPS towards the object store."""
+    s3_region: str = "us-east-1"
+    """Region sent to the object store (S3 servers need one for signing)."""
+    bucket_raw: str = "raw"
+    """Bucket for original input files."""
+    bucket_features: str = "features"
+    """Bucket for offline feature snapshots."""
+    bucket_models: str = "models"
+    """Bucket for model versions (`<model_name>/<version>/`)."""
+    dataset_url: str = "https://raw.githubusercontent.com/datasciencedojo/datasets/master/titanic.csv"
+    """Where the raw CSV comes from: http(s)://, s3://bucket/key or a local path."""
+    dataset_sha256: str | None = None
+    """Expected sha256 of the dataset; checked when set."""
+    model_name: str = "titanic"
+    """Model and InferenceService name."""
+    feature_store_prefix: str = "titanic"
+    """Namespace of every Redis key of the feature store."""
+    feature_sets_keep: int = Field(default=3, ge=1)
+    """How many feature-set versions stay in Redis; older ones are garbage-collected."""
+    kserve_url: str = "http://127.0.0.1:8080"
+    """Base URL of the KServe transformer the web app calls."""
+    airflow_api_url: str | None = None
+    """Airflow API server base URL; unset disables the retraining relay."""
+    airflow_username: str | None = None
+    """Airflow user for the retraining relay."""
+    airflow_password: str | None = None
+    """Airflow password for the retraining relay."""
+    log_level: str = "INFO"
+    """Root log level."""

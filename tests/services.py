@@ -1,0 +1,179 @@
+"""Real local services for development and tests: PostgreSQL 15, Redis and an S3 server.
+
+Each runs as a local process on a free port with its data in one directory. Used by the
+pytest session fixtures and by `make services-up` / `make services-down`:
+
+    python -m tests.services up --dir .services   # prints `export NAME=value` lines
+    python -m tests.services down --dir .services
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pwd
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")
+STATE_FILE = "services.json"
+
+
+@dataclass
+class Services:
+    """Where the running services are; `env()` gives the settings' environment variables."""
+
+    root: str
+    pg_port: int
+    redis_port: int
+    s3_port: int
+    s3_access_key: str
+    s3_secret_key: str
+    s3_pid: int
+
+    @property
+    def database_url(self) -> str:
+        return f"postgresql://titanic:titanic@127.0.0.1:{self.pg_port}/titanic"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{self.redis_port}/0"
+
+    def env(self) -> dict[str, str]:
+        return {
+            "DATABASE_URL": self.database_url,
+            "REDIS_URL": self.redis_url,
+            "S3_ENDPOINT": f"127.0.0.1:{self.s3_port}",
+            "S3_ACCESS_KEY": self.s3_access_key,
+            "S3_SECRET_KEY": self.s3_secret_key,
+            "S3_SECURE": "false",
+        }
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.05)
+    raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+def _as_postgres_user() -> list[str]:
+    # initdb refuses to run as root; CI and this machine run as root.
+    return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+
+
+def _start_postgres(root: Path) -> int:
+    data, port = root / "pg", free_port()
+    data.mkdir(parents=True)
+    if os.geteuid() == 0:
+        pw = pwd.getpwnam("postgres")
+        os.chown(data, pw.pw_uid, pw.pw_gid)
+    run = _as_postgres_user()
+    subprocess.run([*run, PG_BIN / "initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8"],
+                   check=True, stdout=subprocess.DEVNULL)
+    # fsync off: test data is disposable and durability costs seconds per test run.
+    opts = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off -c synchronous_commit=off"
+    subprocess.run([*run, PG_BIN / "pg_ctl", "-D", data, "-o", opts, "-l", data / "log", "-w", "start"],
+                   check=True, stdout=subprocess.DEVNULL)
+    psql = [*run, "psql", "-h", str(data), "-p", str(port), "-U", "postgres", "-q", "-v", "ON_ERROR_STOP=1"]
+    subprocess.run([*psql, "-c", "CREATE ROLE titanic LOGIN PASSWORD 'titanic'",
+                    "-c", "CREATE DATABASE titanic OWNER titanic"], check=True, stdout=subprocess.DEVNULL)
+    return port
+
+
+def _start_redis(root: Path) -> int:
+    port, data = free_port(), root / "redis"
+    data.mkdir()
+    subprocess.run(["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                    "--daemonize", "yes", "--dir", str(data), "--pidfile", str(data / "redis.pid"),
+                    "--logfile", str(data / "log")], check=True)
+    wait_for_port(port, "redis-server")
+    return port
+
+
+def _start_s3(root: Path, versitygw: str) -> tuple[int, str, str, int]:
+    port, data = free_port(), root / "s3"
+    (data / "buckets").mkdir(parents=True)
+    access, secret = "dev" + secrets.token_hex(6), secrets.token_hex(20)
+    env = {**os.environ, "ROOT_ACCESS_KEY": access, "ROOT_SECRET_KEY": secret}
+    with open(data / "log", "wb") as log:
+        proc = subprocess.Popen([versitygw, "--port", f"127.0.0.1:{port}", "posix", str(data / "buckets")],
+                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    wait_for_port(port, "versitygw")
+    return port, access, secret, proc.pid
+
+
+def up(root: Path, versitygw: str) -> Services:
+    """Start all three services under `root` (which must not hold running services)."""
+    root.mkdir(parents=True, exist_ok=True)
+    root.chmod(0o755)  # the postgres user must reach its data directory below
+    if (root / STATE_FILE).exists():
+        raise RuntimeError(f"services already running in {root}; run `make services-down` first")
+    partial: dict = {"root": str(root), "pg_port": 0, "redis_port": 0, "s3_port": 0,
+                     "s3_access_key": "", "s3_secret_key": "", "s3_pid": 0}
+    try:
+        s3_port, access, secret, s3_pid = _start_s3(root, versitygw)
+        partial.update(s3_port=s3_port, s3_access_key=access, s3_secret_key=secret, s3_pid=s3_pid)
+        (root / STATE_FILE).write_text(json.dumps(partial))  # so `down` can clean up a failed start
+        partial["redis_port"] = _start_redis(root)
+        partial["pg_port"] = _start_postgres(root)
+    except BaseException:
+        down(root)
+        raise
+    services = Services(**partial)
+    (root / STATE_FILE).write_text(json.dumps(asdict(services)))
+    return services
+
+
+def down(root: Path) -> None:
+    """Stop whatever `up` started under `root` and delete its data."""
+    state = root / STATE_FILE
+    if state.exists():
+        s = Services(**json.loads(state.read_text()))
+        subprocess.run([*_as_postgres_user(), PG_BIN / "pg_ctl", "-D", root / "pg", "-m", "immediate", "stop"],
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pidfile = root / "redis" / "redis.pid"
+        for pid in [s.s3_pid, int(pidfile.read_text()) if pidfile.exists() else None]:
+            if pid:
+                try:
+                    os.kill(pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("--dir", default=".services", help="directory for data, logs and pids (default: %(default)s)")
+    parser.add_argument("--versitygw", default="bin/versitygw", help="S3 server binary (default: %(default)s)")
+    args = parser.parse_args(argv)
+    root = Path(args.dir).resolve()
+    if args.action == "down":
+        down(root)
+        return 0
+    services = up(root, args.versitygw)
+    for name, value in services.env().items():
+        print(f"export {name}={value}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
