@@ -53,5 +53,13 @@ class Settings(BaseSettings):
     """Airflow user for the retraining relay."""
     airflow_password: str | None = None
     """Airflow password for the retraining relay."""
+    airflow_dag_id: str = "titanic_training"
+    """DAG the retraining relay triggers."""
+    alert_webhook_token: str | None = None
+    """Bearer token Alertmanager must send to `/hooks/alertmanager`; unset disables the relay."""
+    retrain_alerts: list[str] = ["TitanicFeatureDrift"]
+    """Alert names whose firing triggers retraining (JSON list in the environment)."""
+    retrain_cooldown_seconds: int = Field(default=3600, ge=1)
+    """At most one retraining per this many seconds, shared by all web app replicas via Redis."""
     log_level: str = "INFO"
     """Root log level."""

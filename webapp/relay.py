@@ -1,11 +1,252 @@
-"""Alertmanager webhook relay: a firing drift alert triggers the `titanic_training` DAG."""
+"""Alertmanager webhook relay: a firing drift alert triggers the `titanic_training` DAG.
+
+Alertmanager (kube-prometheus-stack) posts its version-4 webhook payload to
+`POST /hooks/alertmanager` with a bearer token. The relay acts only on firing alerts named in
+`RETRAIN_ALERTS`, lets at most one retraining through per `RETRAIN_COOLDOWN_SECONDS` (a Redis
+key, so every replica agrees), triggers the DAG through Airflow 3's REST API and records every
+decision in Postgres (`retrain_triggers`). Airflow failures answer 502 so that Alertmanager
+retries; the retry reuses the same `dag_run_id`, which makes it idempotent.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
 import logging
+from dataclasses import dataclass
+from typing import Any
 
-from flask import Blueprint
+import redis
+import requests
+from flask import Blueprint, current_app, jsonify, request
+from prometheus_client import Counter
+
+from pipeline.settings import Settings
+from pipeline.store import postgres
 
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("relay", __name__, url_prefix="/hooks")
+
+OUTCOMES = ("triggered", "duplicate", "cooldown", "failed")
+RETRAIN_TRIGGERS = Counter(
+    "titanic_retrain_triggers_total",
+    "Retraining decisions of the Alertmanager relay, by outcome.",
+    ["outcome"],
+)
+for _outcome in OUTCOMES:  # every outcome is exported from the start, so rate() sees the first one
+    RETRAIN_TRIGGERS.labels(outcome=_outcome)
+
+# (connect, read) seconds: Alertmanager's own webhook timeout is 10 s by default.
+AIRFLOW_TIMEOUT = (3.05, 5)
+
+
+class BadPayload(ValueError):
+    """The request body is not an Alertmanager version-4 webhook payload."""
+
+
+class AirflowError(RuntimeError):
+    """Airflow did not create the DAG run."""
+
+
+@dataclass(frozen=True)
+class Alert:
+    """The parts of one Alertmanager alert the relay uses."""
+
+    name: str
+    status: str
+    labels: dict[str, str]
+    annotations: dict[str, str]
+    starts_at: str
+    fingerprint: str
+
+
+def parse_payload(body: Any) -> tuple[str, list[Alert]]:
+    """Validate a webhook payload (version 4); returns its group key and alerts.
+
+    Raises:
+        BadPayload: naming the first field that is missing or of the wrong type.
+    """
+    if not isinstance(body, dict):
+        raise BadPayload("body must be a JSON object")
+    if body.get("version") != "4":
+        raise BadPayload("version must be \"4\"")
+    if body.get("status") not in ("firing", "resolved"):
+        raise BadPayload("status must be \"firing\" or \"resolved\"")
+    group_key = body.get("groupKey")
+    if not isinstance(group_key, str):
+        raise BadPayload("groupKey must be a string")
+    raw_alerts = body.get("alerts")
+    if not isinstance(raw_alerts, list) or not raw_alerts:
+        raise BadPayload("alerts must be a non-empty list")
+    alerts = []
+    for i, raw in enumerate(raw_alerts):
+        if not isinstance(raw, dict):
+            raise BadPayload(f"alerts[{i}] must be an object")
+        labels, annotations = raw.get("labels"), raw.get("annotations", {})
+        if not isinstance(labels, dict) or not isinstance(labels.get("alertname"), str):
+            raise BadPayload(f"alerts[{i}].labels.alertname must be a string")
+        if not isinstance(annotations, dict):
+            raise BadPayload(f"alerts[{i}].annotations must be an object")
+        if raw.get("status") not in ("firing", "resolved"):
+            raise BadPayload(f"alerts[{i}].status must be \"firing\" or \"resolved\"")
+        starts_at = raw.get("startsAt")
+        if not isinstance(starts_at, str):
+            raise BadPayload(f"alerts[{i}].startsAt must be a string")
+        fingerprint = raw.get("fingerprint")
+        if not isinstance(fingerprint, str):
+            # Alertmanager always sends one; compute a stable stand-in from the labels.
+            fingerprint = hashlib.sha256(json.dumps(labels, sort_keys=True).encode()).hexdigest()[:16]
+        alerts.append(
+            Alert(
+                name=labels["alertname"],
+                status=raw["status"],
+                labels={str(k): str(v) for k, v in labels.items()},
+                annotations={str(k): str(v) for k, v in annotations.items()},
+                starts_at=starts_at,
+                fingerprint=fingerprint,
+            )
+        )
+    return group_key, alerts
+
+
+def dag_run_id(alert: Alert) -> str:
+    """Deterministic run id: a retried notification for the same alert hits Airflow's 409."""
+    digest = hashlib.sha256(f"{alert.fingerprint}|{alert.starts_at}".encode()).hexdigest()[:16]
+    return f"alert__{alert.name}__{digest}"
+
+
+def cooldown_key(settings: Settings) -> str:
+    """Redis key holding the cooldown; one per DAG, shared by every web app replica."""
+    return f"{settings.feature_store_prefix}:relay:cooldown:{settings.airflow_dag_id}"
+
+
+def trigger_dag_run(settings: Settings, run_id: str, conf: dict[str, Any]) -> str:
+    """Create a DAG run through Airflow 3's REST API; returns "created" or "exists" (409).
+
+    Raises:
+        AirflowError: Airflow unreachable, credentials refused, or any other answer.
+    """
+    base = settings.airflow_api_url.rstrip("/")
+    try:
+        token = requests.post(
+            f"{base}/auth/token",
+            json={"username": settings.airflow_username, "password": settings.airflow_password},
+            timeout=AIRFLOW_TIMEOUT,
+        )
+        if token.status_code not in (200, 201):
+            raise AirflowError(f"POST /auth/token answered {token.status_code}")
+        response = requests.post(
+            f"{base}/api/v2/dags/{settings.airflow_dag_id}/dagRuns",
+            json={
+                "dag_run_id": run_id,
+                "logical_date": None,
+                "conf": conf,
+                "note": f"Triggered by alert {conf['alertname']} through the Alertmanager relay",
+            },
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+            timeout=AIRFLOW_TIMEOUT,
+        )
+    except requests.RequestException as exc:
+        raise AirflowError(f"Airflow unreachable: {exc.__class__.__name__}: {exc}") from exc
+    if response.status_code == 409:
+        return "exists"
+    if response.status_code != 200:
+        raise AirflowError(f"POST dagRuns answered {response.status_code}: {response.text[:300]}")
+    return "created"
+
+
+def record(settings: Settings, alert: Alert, run_id: str, outcome: str, detail: str, conf: dict) -> None:
+    """Append one decision to `retrain_triggers` and count it."""
+    conn = postgres.connect(settings)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                "INSERT INTO retrain_triggers (alertname, dag_id, dag_run_id, outcome, detail, conf)"
+                " VALUES (%s, %s, %s, %s, %s, %s)",
+                (alert.name, settings.airflow_dag_id, run_id, outcome, detail, json.dumps(conf)),
+            )
+    finally:
+        conn.close()
+    RETRAIN_TRIGGERS.labels(outcome=outcome).inc()
+
+
+def _settings() -> Settings:
+    return current_app.config["SETTINGS"]
+
+
+def _redis(settings: Settings) -> redis.Redis:
+    # One client per app, created lazily; redis-py pools connections inside it.
+    client = current_app.extensions.get("relay_redis")
+    if client is None:
+        client = current_app.extensions["relay_redis"] = redis.Redis.from_url(settings.redis_url)
+    return client
+
+
+def _authorized(settings: Settings) -> bool:
+    header = request.headers.get("Authorization", "")
+    scheme, _, token = header.partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        token.strip().encode(), settings.alert_webhook_token.encode()
+    )
+
+
+@bp.post("/alertmanager")
+def alertmanager():
+    """Receive one Alertmanager notification and trigger retraining when it asks for it."""
+    settings = _settings()
+    if not (settings.alert_webhook_token and settings.airflow_api_url):
+        return jsonify(error="retraining relay disabled: ALERT_WEBHOOK_TOKEN or AIRFLOW_API_URL unset"), 503
+    if not _authorized(settings):
+        return jsonify(error="missing or wrong bearer token"), 401
+    try:
+        group_key, alerts = parse_payload(request.get_json(silent=True))
+    except BadPayload as exc:
+        return jsonify(error=str(exc)), 400
+
+    wanted = [a for a in alerts if a.status == "firing" and a.name in settings.retrain_alerts]
+    if not wanted:
+        return jsonify(triggered=False, reason="no firing alert that triggers retraining"), 200
+    alert = wanted[0]
+    run_id = dag_run_id(alert)
+    conf = {
+        "reason": "alert",
+        "alertname": alert.name,
+        "triggered_by": "alertmanager-relay",
+        "group_key": group_key,
+        "alerts": [
+            {"labels": a.labels, "starts_at": a.starts_at, "summary": a.annotations.get("summary", "")}
+            for a in wanted
+        ],
+    }
+
+    store = _redis(settings)
+    key = cooldown_key(settings)
+    # SET NX EX: the first replica to claim the window triggers; the others see the key.
+    if not store.set(key, run_id, nx=True, ex=settings.retrain_cooldown_seconds):
+        holder = store.get(key)
+        if holder is not None and holder.decode() == run_id:
+            # Alertmanager retrying the notification that claimed this window (its first answer
+            # was lost, or Airflow failed): trigger again, the run id makes it idempotent.
+            pass
+        else:
+            ttl = store.ttl(key)
+            record(settings, alert, run_id, "cooldown", f"cooldown held by {holder!r}, {ttl}s left", conf)
+            return jsonify(triggered=False, reason="cooldown", retry_after_seconds=ttl), 200
+
+    try:
+        result = trigger_dag_run(settings, run_id, conf)
+    except AirflowError as exc:
+        # Free the window so Alertmanager's retry (it retries on 5xx) can trigger again.
+        store.delete(key)
+        logger.error("retraining trigger for %s failed: %s", alert.name, exc)
+        record(settings, alert, run_id, "failed", str(exc), conf)
+        return jsonify(triggered=False, error=str(exc), dag_run_id=run_id), 502
+    if result == "exists":
+        # A retried notification whose run Airflow already has: nothing new was started.
+        record(settings, alert, run_id, "duplicate", "dag run already existed", conf)
+        return jsonify(triggered=False, reason="duplicate", dag_run_id=run_id), 200
+    logger.info("alert %s triggered %s run %s", alert.name, settings.airflow_dag_id, run_id)
+    record(settings, alert, run_id, "triggered", "dag run created", conf)
+    return jsonify(triggered=True, dag_run_id=run_id), 200
