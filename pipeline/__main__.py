@@ -1,0 +1,53 @@
+"""CLI: `python -m pipeline <step> [options]`; parse, configure logging, build Settings, dispatch."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+from pipeline.log import configure_logging
+from pipeline.settings import Settings
+
+# subcommand -> module exposing add_arguments(parser) and run(settings, **args) -> dict
+STEPS = {
+    "migrate": "pipeline.steps.migrate",
+    "ingest": "pipeline.steps.ingest",
+}
+XCOM_DIR = Path("/airflow/xcom")  # KubernetesPodOperator's do_xcom_push sidecar reads return.json here
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description="Titanic MLOps pipeline steps.")
+    sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
+    for name, module_name in STEPS.items():
+        module = importlib.import_module(module_name)
+        doc = (module.__doc__ or "").strip().splitlines()[0]
+        step = sub.add_parser(name, help=doc, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        module.add_arguments(step)
+        step.set_defaults(_module=module)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    module, step = args.pop("_module"), args.pop("step")
+    settings = Settings()
+    configure_logging(settings.log_level)
+    try:
+        result = module.run(settings, **args)
+    except PipelineError as exc:
+        print(f"error: {step}: {exc}", file=sys.stderr)
+        return getattr(exc, "exit_code", 1)
+    line = json.dumps(result, default=str, sort_keys=True)
+    if XCOM_DIR.is_dir():
+        (XCOM_DIR / "return.json").write_text(line)
+    print(line)
+    return getattr(module, "exit_code", lambda r: 0)(result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Model registry over the `model_versions` table: one row per trained version and its status."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from psycopg2.extras import RealDictCursor
+
+from pipeline.errors import ModelNotFound
+
+STATUSES = ("candidate", "approved", "rejected", "production", "archived")
+_COLUMNS = "model_name, version, status, metrics, params, artifact_uri, feature_set, reason, created_at, updated_at"
+
+
+def register(conn, model_name: str, version: str, *, artifact_uri: str, metrics: dict, params: dict,
+             feature_set: str | None) -> None:
+    """Insert a new `candidate`; re-registering the same version (a retried step) is a no-op."""
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO model_versions (model_name, version, status, metrics, params, artifact_uri, feature_set) "
+            "VALUES (%s, %s, 'candidate', %s, %s, %s, %s) ON CONFLICT (model_name, version) DO NOTHING",
+            (model_name, version, json.dumps(metrics), json.dumps(params), artifact_uri, feature_set),
+        )
+
+
+def get(conn, model_name: str, version: str) -> dict[str, Any]:
+    """The row of one version; ModelNotFound names it when absent."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM model_versions WHERE model_name = %s AND version = %s", (model_name, version))
+        row = cur.fetchone()
+    if row is None:
+        raise ModelNotFound(f"model {model_name} has no version {version!r}")
+    return dict(row)
+
+
+def get_production(conn, model_name: str) -> dict[str, Any] | None:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM model_versions WHERE model_name = %s AND status = 'production'", (model_name,))
+        row = cur.fetchone()
+    return dict(row) if row else None
+
+
+def latest(conn, model_name: str) -> dict[str, Any] | None:
+    """The most recently created version, whatever its status."""
+    versions = list_versions(conn, model_name, limit=1)
+    return versions[0] if versions else None
+
+
+def list_versions(conn, model_name: str, limit: int = 50) -> list[dict[str, Any]]:
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(
+            f"SELECT {_COLUMNS} FROM model_versions WHERE model_name = %s ORDER BY created_at DESC, version DESC LIMIT %s",
+            (model_name, limit),
+        )
+        return [dict(r) for r in cur.fetchall()]
+
+
+def set_status(conn, model_name: str, version: str, status: str, reason: str | None = None) -> None:
+    if status not in STATUSES:
+        raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
+    get(conn, model_name, version)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "UPDATE model_versions SET status = %s, reason = %s, updated_at = now() WHERE model_name = %s AND version = %s",
+            (status, reason, model_name, version),
+        )
+
+
+def promote(conn, model_name: str, version: str) -> str | None:
+    """Make `version` production and archive the previous one, in one transaction.
+
+    Returns the previous production version (None if there was none).
+    """
+    get(conn, model_name, version)
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT version FROM model_versions WHERE model_name = %s AND status = 'production' FOR UPDATE", (model_name,)
+        )
+        row = cur.fetchone()
+        previous = row[0] if row else None
+        if previous == version:
+            return previous
+        cur.execute(
+            "UPDATE model_versions SET status = 'archived', updated_at = now() WHERE model_name = %s AND status = 'production'",
+            (model_name,),
+        )
+        cur.execute(
+            "UPDATE model_versions SET status = 'production', updated_at = now() WHERE model_name = %s AND version = %s",
+            (model_name, version),
+        )
+    return previous

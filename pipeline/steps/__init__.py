@@ -1,0 +1,1 @@
+"""Pipeline steps; each module exposes `add_arguments(parser)` and `run(settings, **args) -> dict`."""

@@ -1,0 +1,135 @@
+"""Ingest step against real Postgres and S3: counts, reasons, idempotency, refusals."""
+
+import hashlib
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.errors import SchemaError, SourceError
+from pipeline.steps import ingest
+from pipeline.store import s3 as s3_store
+from tests.conftest import REPO, TRAIN_CSV, TRAIN_SHA256, settings_env
+
+pytestmark = pytest.mark.integration
+HEADER = "PassengerId,Survived,Pclass,Name,Sex,Age,SibSp,Parch,Ticket,Fare,Cabin,Embarked"
+ROW = '{pid},1,1,"Cumings, Mrs. John Bradley",female,38,1,0,PC 17599,71.2833,C85,C'
+
+
+def write(tmp_path, *lines, name="batch.csv"):
+    path = tmp_path / name
+    path.write_text("\r\n".join(lines) + "\r\n")
+    return str(path)
+
+
+def count(db, table, where="true"):
+    with db.cursor() as cur:
+        cur.execute(f"SELECT count(*) FROM {table} WHERE {where}")
+        return cur.fetchone()[0]
+
+
+def test_train_csv_all_accepted_and_raw_kept(settings, db, s3):
+    summary = ingest.run(settings, source=str(TRAIN_CSV), sha256=TRAIN_SHA256)
+    assert (summary["rows_read"], summary["rows_accepted"], summary["rows_rejected"]) == (891, 891, 0)
+    assert count(db, "passengers") == 891 and count(db, "passengers_rejected") == 0
+    assert count(db, "passengers", "survived = 1") == 342
+    bucket, key = s3_store.split_uri(summary["object_key"])
+    assert bucket == settings.bucket_raw and summary["batch_id"] in key
+    stored = s3_store.get_bytes(s3, bucket, key)
+    assert hashlib.sha256(stored).hexdigest() == TRAIN_SHA256  # original bytes, CRLF and all
+
+
+def test_rerun_is_a_no_op(settings, db):
+    first = ingest.run(settings, source=str(TRAIN_CSV))
+    with db.cursor() as cur:
+        cur.execute("SELECT max(ingested_at), count(*) FROM passengers")
+        before = cur.fetchone()
+    second = ingest.run(settings, source=str(TRAIN_CSV))
+    with db.cursor() as cur:
+        cur.execute("SELECT max(ingested_at), count(*) FROM passengers")
+        assert cur.fetchone() == before
+    assert first["batch_id"] == second["batch_id"]
+
+
+def test_later_batch_corrects_a_row(settings, db, tmp_path):
+    ingest.run(settings, source=write(tmp_path, HEADER, ROW.format(pid=7)), batch_id="b1")
+    fixed = ROW.format(pid=7).replace(",38,", ",39,")
+    ingest.run(settings, source=write(tmp_path, HEADER, fixed, name="b2.csv"), batch_id="b2")
+    with db.cursor() as cur:
+        cur.execute("SELECT age, batch_id FROM passengers WHERE passenger_id = 7")
+        assert cur.fetchone() == (39.0, "b2")
+
+
+def test_broken_rows_are_kept_with_line_and_reason(settings, db, tmp_path):
+    source = write(
+        tmp_path,
+        HEADER,
+        ROW.format(pid=1),                                    # line 2: good
+        ROW.format(pid=2).replace(",female,", ",woman,"),     # line 3: Sex
+        ROW.format(pid=3).replace(",38,", ",150,"),           # line 4: Age out of range
+        ROW.format(pid=4).replace(",1,0,PC", ",x,0,PC"),      # line 5: SibSp not a number
+        ROW.format(pid=1),                                    # line 6: duplicate id
+        '5,1,1,"Truncated, Mr. Row",male',                    # line 7: truncated
+        ROW.format(pid=6).replace(",C85,C", ",C85,Z"),        # line 8: Embarked
+        ROW.format(pid=8),                                    # line 9: good
+    )
+    summary = ingest.run(settings, source=source, batch_id="broken")
+    assert (summary["rows_read"], summary["rows_accepted"], summary["rows_rejected"]) == (8, 2, 6)
+    with db.cursor() as cur:
+        cur.execute("SELECT line_number, reason, raw FROM passengers_rejected WHERE batch_id = 'broken' ORDER BY 1")
+        rows = cur.fetchall()
+    assert [r[0] for r in rows] == [3, 4, 5, 6, 7, 8]
+    reasons = [r[1] for r in rows]
+    assert reasons[0].startswith("Sex:") and reasons[1].startswith("Age: must be <= 100")
+    assert reasons[2].startswith("SibSp: must be a number") and reasons[3].startswith("PassengerId: duplicate")
+    assert reasons[4].startswith("truncated line") and reasons[5].startswith("Embarked:")
+    assert "woman" in rows[0][2]  # the raw row is kept verbatim
+    with db.cursor() as cur:
+        cur.execute("SELECT passenger_id FROM passengers ORDER BY 1")
+        assert [r[0] for r in cur.fetchall()] == [1, 8]
+
+
+@pytest.mark.parametrize(
+    "content, sha, error, message",
+    [
+        (b"", None, SchemaError, "empty"),
+        (b"\x89PNG\r\n\x1a\n\x00\x00binary", None, SchemaError, "not a CSV"),
+        (b"just some text without columns\n", None, SchemaError, "not a CSV"),
+        ((HEADER.replace(",Fare", "") + "\n").encode(), None, SchemaError, "missing required columns: Fare"),
+        ((HEADER + "\n" + ROW.format(pid=1) + "\n").encode(), "0" * 64, SourceError, "checksum mismatch"),
+    ],
+)
+def test_refusals_write_nothing(settings, db, s3, tmp_path, content, sha, error, message):
+    path = tmp_path / "bad.csv"
+    path.write_bytes(content)
+    with pytest.raises(error, match=message):
+        ingest.run(settings, source=str(path), sha256=sha)
+    assert count(db, "passengers") == 0 and count(db, "passengers_rejected") == 0
+    assert list(s3.list_objects(settings.bucket_raw, recursive=True)) == []
+
+
+def test_unreachable_sources_are_refused(settings, db):
+    with pytest.raises(SourceError, match="cannot read http://127.0.0.1:9/"):
+        ingest.run(settings, source="http://127.0.0.1:9/train.csv")
+    with pytest.raises(SourceError, match="cannot read s3://"):
+        ingest.run(settings, source=f"s3://{settings.bucket_raw}/missing.csv")
+    assert count(db, "passengers") == 0
+
+
+def test_s3_source(settings, db, s3):
+    s3_store.put_bytes(s3, settings.bucket_raw, "titanic/train.csv", TRAIN_CSV.read_bytes())
+    summary = ingest.run(settings, source=f"s3://{settings.bucket_raw}/titanic/train.csv", sha256=TRAIN_SHA256)
+    assert summary["rows_accepted"] == 891
+
+
+def test_cli_prints_json_summary_last_and_exits_nonzero_on_refusal(settings, tmp_path):
+    env = {**settings_env(settings), "PATH": "/usr/bin:/bin"}
+    ok = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--source", str(TRAIN_CSV)],
+                        cwd=REPO, env=env, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    import json
+
+    assert json.loads(ok.stdout.strip().splitlines()[-1])["rows_accepted"] == 891
+    bad = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--source", str(TRAIN_CSV), "--sha256", "0" * 64],
+                         cwd=REPO, env=env, capture_output=True, text=True)
+    assert bad.returncode == 1 and "checksum mismatch" in bad.stderr and bad.stdout == ""
