@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import copy
 import logging
 import time
 from typing import Any, Callable
@@ -165,6 +164,7 @@ class InferenceService:
         self.api, self.namespace, self.name, self.clock = api, namespace, name, clock
 
     def get(self) -> dict | None:
+        # kubernetes is imported lazily: it is the `deploy` extra, and `--target local` runs without it.
         from kubernetes.client.exceptions import ApiException
 
         try:
@@ -198,14 +198,25 @@ class InferenceService:
         if failure is None:
             return previous
         if previous is not None:
-            self.set_uri(path, uri, previous)
-            restored = f"restored storageUri {previous}"
+            restored = self.restore(path, uri, previous)
         else:
             restored = "it was created by this deploy, so there is no previous model to restore"
         raise DeployFailed(
             f"InferenceService {self.namespace}/{self.name} did not become Ready with {uri}: {failure}; "
             f"{restored}; model registry unchanged"
         )
+
+    def restore(self, path: str, uri: str, previous: str) -> str:
+        """Put `previous` back unless someone else has changed the URI meanwhile; says what happened."""
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            self.set_uri(path, uri, previous)
+        except ApiException as exc:
+            if exc.status != 422:  # 422: the `test` op failed, the URI is no longer ours to restore
+                raise
+            return "did not restore the previous storageUri: it was changed by someone else"
+        return f"restored storageUri {previous}"
 
     def wait_ready(self, uri: str, generation: int, timeout: float, poll_interval: float) -> str | None:
         """None once Ready at `generation` or later with `uri`, else why not (failure or timeout)."""

@@ -1,0 +1,158 @@
+"""Titanic training pipeline: one pod per step, wired together and nothing else.
+
+`ingest` -> `features` -> `train` -> `evaluate` -> `deploy`, each `python -m pipeline <step>` in
+the pipeline image, in namespace `mlops` under the `titanic-pipeline` service account. Steps pass
+identifiers through XCom (batch id -> feature-set version -> model version), never data.
+Configuration comes from ConfigMap `titanic-config` and Secret `titanic-secrets`.
+A rejected model makes `evaluate` exit with `EXIT_MODEL_REJECTED`, which marks it skipped, so
+`deploy` is skipped rather than failed.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.sdk import DAG, Param
+from kubernetes.client import models as k8s
+
+# The image is set in one place: the Airflow image bakes TITANIC_PIPELINE_IMAGE from IMG_TAG and
+# the Airflow chart values may override it; the default matches IMG_TAG in versions.env.
+PIPELINE_IMAGE = os.environ.get("TITANIC_PIPELINE_IMAGE", "titanic-pipeline:0.1.0")
+NAMESPACE = "mlops"
+SERVICE_ACCOUNT = "titanic-pipeline"
+CONFIG_MAP = "titanic-config"
+SECRET = "titanic-secrets"
+# pipeline.errors.EXIT_MODEL_REJECTED; a DAG file must not import project code (tests compare both).
+EXIT_MODEL_REJECTED = 99
+
+# Requests keep the laptop cluster schedulable; limits stop one step from starving the rest.
+RESOURCES = {
+    "ingest": ("100m", "256Mi", "1", "512Mi"),
+    "features": ("100m", "256Mi", "1", "768Mi"),
+    "train": ("500m", "512Mi", "2", "1536Mi"),
+    "evaluate": ("100m", "256Mi", "1", "768Mi"),
+    "deploy": ("50m", "128Mi", "500m", "256Mi"),
+}
+
+POD_SECURITY = k8s.V1PodSecurityContext(
+    run_as_non_root=True,
+    run_as_user=1000,
+    run_as_group=1000,
+    fs_group=1000,
+    seccomp_profile=k8s.V1SeccompProfile(type="RuntimeDefault"),
+)
+CONTAINER_SECURITY = k8s.V1SecurityContext(
+    allow_privilege_escalation=False,
+    read_only_root_filesystem=True,
+    capabilities=k8s.V1Capabilities(drop=["ALL"]),
+)
+
+
+def pipeline_step(step: str, arguments: list[str], **kwargs) -> KubernetesPodOperator:
+    """One pipeline step as its own pod; `arguments` follow `python -m pipeline <step>`."""
+    cpu_req, mem_req, cpu_lim, mem_lim = RESOURCES[step]
+    return KubernetesPodOperator(
+        task_id=step,
+        name=f"titanic-{step}",
+        namespace=NAMESPACE,
+        service_account_name=SERVICE_ACCOUNT,
+        image=PIPELINE_IMAGE,
+        image_pull_policy="IfNotPresent",  # images arrive with `kind load`, never from a registry
+        arguments=[step, *arguments],  # ENTRYPOINT is `python -m pipeline`
+        env_from=[
+            k8s.V1EnvFromSource(config_map_ref=k8s.V1ConfigMapEnvSource(name=CONFIG_MAP)),
+            k8s.V1EnvFromSource(secret_ref=k8s.V1SecretEnvSource(name=SECRET)),
+        ],
+        container_resources=k8s.V1ResourceRequirements(
+            requests={"cpu": cpu_req, "memory": mem_req},
+            limits={"cpu": cpu_lim, "memory": mem_lim},
+        ),
+        security_context=POD_SECURITY,
+        container_security_context=CONTAINER_SECURITY,
+        xcom_sidecar_container_security_context=CONTAINER_SECURITY,
+        # The root filesystem is read-only; temporary files (joblib, matplotlib) go here.
+        volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="512Mi"))],
+        volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
+        labels={"app.kubernetes.io/name": "titanic-pipeline", "app.kubernetes.io/component": step},
+        in_cluster=True,
+        get_logs=True,
+        log_events_on_failure=True,
+        do_xcom_push=True,  # the step writes its JSON result to /airflow/xcom/return.json
+        on_finish_action="delete_succeeded_pod",  # failed pods stay for `kubectl logs`
+        startup_timeout_seconds=300,
+        **kwargs,
+    )
+
+
+with DAG(
+    dag_id="titanic_training",
+    description="Train, evaluate and deploy the Titanic survival model, one pod per step.",
+    doc_md=__doc__,
+    schedule=None,  # manual, REST API, and the drift relay
+    catchup=False,
+    max_active_runs=1,
+    tags=["titanic", "mlops", "training"],
+    default_args={
+        "owner": "titanic-mlops",
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": 2.0,
+        "max_retry_delay": timedelta(minutes=10),
+    },
+    params={
+        "dataset_url": Param(
+            "",
+            type="string",
+            description="CSV to ingest (http(s)://, s3://bucket/key); empty: DATASET_URL of titanic-config.",
+        ),
+        "dataset_sha256": Param(
+            "",
+            type="string",
+            description="Expected sha256 of the CSV; empty: DATASET_SHA256 of titanic-config.",
+        ),
+        "min_accuracy": Param(
+            0.78, type="number", minimum=0, maximum=1, description="Hold-out accuracy a model needs to deploy."
+        ),
+    },
+) as dag:
+    # An empty param falls back to the pod's own environment: Kubernetes expands $(VAR) in args.
+    ingest = pipeline_step(
+        "ingest",
+        [
+            "--source",
+            "{{ params.dataset_url or '$(DATASET_URL)' }}",
+            "--sha256",
+            "{{ params.dataset_sha256 or '$(DATASET_SHA256)' }}",
+        ],
+    )
+    features = pipeline_step("features", ["--batch", "{{ ti.xcom_pull(task_ids='ingest')['batch_id'] }}"])
+    train = pipeline_step(
+        "train", ["--feature-set", "{{ ti.xcom_pull(task_ids='features')['feature_set'] }}"]
+    )
+    evaluate = pipeline_step(
+        "evaluate",
+        [
+            "--version",
+            "{{ ti.xcom_pull(task_ids='train')['version'] }}",
+            "--min-accuracy",
+            "{{ params.min_accuracy }}",
+        ],
+        skip_on_exit_code=EXIT_MODEL_REJECTED,
+    )
+    deploy = pipeline_step(
+        "deploy",
+        [
+            "--version",
+            "{{ ti.xcom_pull(task_ids='train')['version'] }}",
+            "--namespace",
+            NAMESPACE,
+            "--timeout",
+            "300",
+            "--target",
+            "cluster",
+        ],
+    )
+
+    ingest >> features >> train >> evaluate >> deploy

@@ -1,0 +1,410 @@
+"""Deploy step: InferenceService body, rollout/rollback logic, and the registry switch.
+
+No Kubernetes cluster can run on the test machine (no container image can be pulled), so the
+KServe API is faked: `FakeKubeAPI` is a local HTTP server speaking the three endpoints the step
+uses (GET/POST/PATCH of `serving.kserve.io/v1beta1` inferenceservices, JSON patch included), and
+a scripted "controller" plays KServe's status updates. The real `kubernetes` client talks to it,
+so request shapes and content types are exercised. The registry is real Postgres.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import jsonschema
+import pytest
+from kubernetes import client as k8s_client
+
+from pipeline import registry
+from pipeline.errors import ModelNotFound, PipelineError
+from pipeline.steps import deploy
+from pipeline.store import postgres
+from tests.conftest import settings_env
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+ISVC_SCHEMA = ROOT.parent / "shared" / "k8s" / "schemas" / "serving.kserve.io" / "inferenceservice_v1beta1.json"
+ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/?]+))?")
+
+
+class FakeKubeAPI(ThreadingHTTPServer):
+    """In-process stand-in for the API server's InferenceService endpoints (no cluster here).
+
+    `controller(isvc)` is called on every GET, like KServe reconciling between two polls.
+    """
+
+    daemon_threads = True
+
+    def __init__(self, controller=None):
+        super().__init__(("127.0.0.1", 0), _Handler)
+        self.objects: dict[tuple[str, str], dict] = {}
+        self.calls: list[tuple[str, str, str | None]] = []  # (method, name, content type)
+        self.controller = controller or (lambda isvc: None)
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+    def api(self) -> k8s_client.CustomObjectsApi:
+        return k8s_client.CustomObjectsApi(k8s_client.ApiClient(k8s_client.Configuration(host=self.url)))
+
+    def put(self, isvc: dict, generation: int = 1) -> None:
+        isvc = copy.deepcopy(isvc)
+        isvc["metadata"]["generation"] = generation
+        self.objects[(isvc["metadata"]["namespace"], isvc["metadata"]["name"])] = isvc
+
+    def uri(self, namespace: str = "mlops", name: str = "titanic") -> str:
+        return deploy.find_storage_uri(self.objects[(namespace, name)])[1]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: FakeKubeAPI
+
+    def log_message(self, *args):  # keep pytest output clean
+        pass
+
+    def _reply(self, code: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _status(self, code: int, reason: str, message: str) -> None:
+        self._reply(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
+                           "message": message, "code": code})
+
+    def _route(self):
+        match = ISVC_PATH.match(self.path)
+        if not match:
+            self._status(404, "NotFound", f"no route {self.path}")
+            return None
+        self.server.calls.append((self.command, match.group(2), self.headers.get("Content-Type")))
+        return match.group(1), match.group(2)
+
+    def _body(self):
+        return json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"null")
+
+    def do_GET(self):
+        route = self._route()
+        if route is None:
+            return
+        with self.server.lock:
+            isvc = self.server.objects.get(route)
+            if isvc is None:
+                self._status(404, "NotFound", f'inferenceservices.serving.kserve.io "{route[1]}" not found')
+                return
+            self.server.controller(isvc)
+            self._reply(200, isvc)
+
+    def do_POST(self):
+        route = self._route()
+        if route is None:
+            return
+        body = self._body()
+        key = (route[0], body["metadata"]["name"])
+        with self.server.lock:
+            if key in self.server.objects:
+                self._status(409, "AlreadyExists", "already exists")
+                return
+            self.server.put(body)
+            self._reply(201, self.server.objects[key])
+
+    def do_PATCH(self):
+        route = self._route()
+        if route is None:
+            return
+        if self.headers.get("Content-Type") != "application/json-patch+json":
+            self._status(415, "UnsupportedMediaType", "this fake only speaks JSON patch")
+            return
+        ops = self._body()
+        with self.server.lock:
+            isvc = self.server.objects.get(route)
+            if isvc is None:
+                self._status(404, "NotFound", "not found")
+                return
+            patched = copy.deepcopy(isvc)
+            for op in ops:
+                *parents, leaf = [int(p) if p.isdigit() else p for p in op["path"].lstrip("/").split("/")]
+                target = patched
+                for part in parents:
+                    target = target[part]
+                if op["op"] == "test" and target[leaf] != op["value"]:
+                    self._status(422, "Invalid", f"test failed at {op['path']}")
+                    return
+                if op["op"] in ("replace", "add"):
+                    target[leaf] = op["value"]
+            if patched["spec"] != isvc["spec"]:  # the API server bumps generation on spec changes only
+                patched["metadata"]["generation"] += 1
+            self.server.objects[route] = patched
+            self._reply(200, patched)
+
+
+def _ready(isvc: dict, ready: bool = True, reason: str = "") -> None:
+    """What KServe writes once it has reconciled the current generation."""
+    isvc["status"] = {
+        "observedGeneration": isvc["metadata"]["generation"],
+        "conditions": [{"type": "Ready", "status": "True" if ready else "False", "reason": reason}],
+    }
+
+
+def healthy(isvc: dict) -> None:
+    _ready(isvc)
+
+
+def broken_for(bad_uri: str):
+    """A controller whose predictor never becomes ready with `bad_uri` (e.g. a corrupt model)."""
+
+    def controller(isvc: dict) -> None:
+        bad = deploy.find_storage_uri(isvc)[1] == bad_uri
+        _ready(isvc, ready=not bad, reason="MinimumReplicasUnavailable" if bad else "")
+
+    return controller
+
+
+@pytest.fixture
+def kube():
+    server = FakeKubeAPI()
+    server.thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture
+def models(settings):
+    """Registry with v1 in production and v2, v3 approved, v4 rejected; yields a reader of statuses."""
+    conn = postgres.connect(settings)
+    for version, status in (("v1", "production"), ("v2", "approved"), ("v3", "approved"), ("v4", "rejected")):
+        registry.register(conn, settings.model_name, version, artifact_uri=deploy.model_uri(settings, version),
+                          metrics={"accuracy": 0.8}, params={}, feature_set="fs1")
+        registry.set_status(conn, settings.model_name, version, status)
+
+    def statuses() -> dict[str, str]:
+        return {r["version"]: r["status"] for r in registry.list_versions(conn, settings.model_name)}
+
+    yield statuses
+    conn.close()
+
+
+@pytest.fixture
+def serving_v1(kube, settings):
+    """The InferenceService as the chart created it, serving v1."""
+    kube.put(deploy.inference_service_body(settings.model_name, "mlops", deploy.model_uri(settings, "v1")))
+    return kube
+
+
+def _unknown_keys(instance, schema: dict, path: str = "") -> list[str]:
+    """Keys the CRD schema does not declare (the schema itself allows them, the API server prunes them)."""
+    found = []
+    if isinstance(instance, dict) and "properties" in schema and "additionalProperties" not in schema:
+        for key, value in instance.items():
+            if key not in schema["properties"]:
+                found.append(f"{path}.{key}")
+            else:
+                found += _unknown_keys(value, schema["properties"][key], f"{path}.{key}")
+    elif isinstance(instance, list) and "items" in schema:
+        for i, item in enumerate(instance):
+            found += _unknown_keys(item, schema["items"], f"{path}[{i}]")
+    return found
+
+
+def test_inference_service_body_validates_against_the_kserve_crd_schema():
+    schema = json.loads(ISVC_SCHEMA.read_text())
+    body = deploy.inference_service_body("titanic", "mlops", "s3://models/titanic/v7")
+
+    jsonschema.Draft7Validator(schema).validate(body)
+    assert _unknown_keys(body, schema) == []
+    assert deploy.find_storage_uri(body) == ("/spec/predictor/containers/0/env/0/value", "s3://models/titanic/v7")
+    for role in ("predictor", "transformer"):
+        component = body["spec"][role]
+        (container,) = component["containers"]
+        assert container["name"] == "kserve-container"  # KServe finds the custom container by this name
+        assert container["args"][0] == role
+        assert container["image"] == deploy.MODEL_SERVER_IMAGE
+        assert component["serviceAccountName"] == "titanic-models"
+        assert container["resources"]["limits"] and container["resources"]["requests"]
+        assert container["securityContext"]["runAsNonRoot"] is True
+
+
+def test_schema_check_catches_a_misspelt_field():
+    schema = json.loads(ISVC_SCHEMA.read_text())
+    body = deploy.inference_service_body("titanic", "mlops", "s3://models/titanic/v7")
+    body["spec"]["predictor"]["serviceAccount_name"] = "x"
+    body["spec"]["predictor"]["minReplicas"] = "one"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.Draft7Validator(schema).validate(body)
+    assert _unknown_keys(body, schema) == [".spec.predictor.serviceAccount_name"]
+
+
+def test_model_server_image_tag_is_img_tag_of_versions_env():
+    pins = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines()
+                if line and not line.startswith("#"))
+    assert deploy.MODEL_SERVER_IMAGE == f"titanic-model-server:{pins['IMG_TAG']}"
+
+
+@pytest.mark.parametrize(
+    "predictor, pointer",
+    [
+        ({"model": {"modelFormat": {"name": "sklearn"}, "storageUri": "s3://m/a"}}, "/spec/predictor/model/storageUri"),
+        ({"storageUris": [{"uri": "s3://m/a"}], "containers": [{"name": "kserve-container"}]},
+         "/spec/predictor/storageUris/0/uri"),
+        ({"containers": [{"name": "kserve-container", "env": [{"name": "X", "value": "1"},
+                                                               {"name": "STORAGE_URI", "value": "s3://m/a"}]}]},
+         "/spec/predictor/containers/0/env/1/value"),
+    ],
+)
+def test_find_storage_uri_follows_each_way_kserve_takes_a_model_location(predictor, pointer):
+    assert deploy.find_storage_uri({"metadata": {"name": "t"}, "spec": {"predictor": predictor}}) == (pointer, "s3://m/a")
+
+
+def test_rollout_patches_only_the_uri_waits_for_ready_and_promotes(settings, models, serving_v1):
+    serving_v1.controller = healthy
+    before = copy.deepcopy(serving_v1.objects[("mlops", "titanic")])
+
+    result = deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), poll_interval=0.01)
+
+    after = serving_v1.objects[("mlops", "titanic")]
+    assert serving_v1.uri() == deploy.model_uri(settings, "v2") == result["storage_uri"]
+    assert result["previous_uri"] == deploy.model_uri(settings, "v1")
+    assert result["previous_version"] == "v1"
+    # the one patch was a JSON patch guarded by a test of the old value; nothing else changed
+    patches = [c for c in serving_v1.calls if c[0] == "PATCH"]
+    assert patches == [("PATCH", "titanic", "application/json-patch+json")]
+    before["spec"]["predictor"]["containers"][0]["env"][0]["value"] = deploy.model_uri(settings, "v2")
+    assert after["spec"] == before["spec"]
+    assert models() == {"v1": "archived", "v2": "production", "v3": "approved", "v4": "rejected"}
+
+
+def test_status_of_an_older_generation_is_not_taken_for_ready(settings, models, serving_v1):
+    """Ready=True left over from v1 must not count: only a status for the patched generation does."""
+    lag = {"polls": 0}
+
+    def slow_controller(isvc):
+        lag["polls"] += 1
+        if lag["polls"] <= 3:
+            isvc["status"] = {"observedGeneration": 1, "conditions": [{"type": "Ready", "status": "True"}]}
+        else:
+            _ready(isvc)
+
+    serving_v1.controller = slow_controller
+    deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), poll_interval=0.01)
+    assert lag["polls"] >= 4
+    assert models()["v2"] == "production"
+
+
+def test_timeout_restores_the_previous_uri_and_leaves_the_registry_unchanged(settings, models, serving_v1):
+    serving_v1.controller = broken_for(deploy.model_uri(settings, "v2"))
+    started = time.monotonic()
+
+    with pytest.raises(deploy.DeployFailed) as failure:
+        deploy.run(settings, "v2", "mlops", timeout=0.5, api=serving_v1.api(), poll_interval=0.05)
+
+    assert time.monotonic() - started >= 0.5
+    message = str(failure.value)
+    assert "timed out after 0.5s" in message and "MinimumReplicasUnavailable" in message
+    assert f"restored storageUri {deploy.model_uri(settings, 'v1')}" in message
+    assert "registry unchanged" in message
+    assert isinstance(failure.value, PipelineError)  # the CLI turns it into a non-zero exit
+    assert serving_v1.uri() == deploy.model_uri(settings, "v1")
+    assert [c[0] for c in serving_v1.calls].count("PATCH") == 2  # forward, then back
+    assert models() == {"v1": "production", "v2": "approved", "v3": "approved", "v4": "rejected"}
+
+
+def test_a_failed_model_load_rolls_back_without_waiting_for_the_timeout(settings, models, serving_v1):
+    def failing_load(isvc):
+        _ready(isvc, ready=False)
+        isvc["status"]["modelStatus"] = {"transitionStatus": "BlockedByFailedLoad",
+                                         "lastFailureInfo": {"reason": "ModelLoadFailed", "message": "bad pickle"}}
+
+    serving_v1.controller = failing_load
+    started = time.monotonic()
+    with pytest.raises(deploy.DeployFailed, match="BlockedByFailedLoad: ModelLoadFailed bad pickle"):
+        deploy.run(settings, "v3", "mlops", timeout=30, api=serving_v1.api(), poll_interval=0.01)
+    assert time.monotonic() - started < 10
+    assert serving_v1.uri() == deploy.model_uri(settings, "v1")
+    assert models()["v1"] == "production" and models()["v3"] == "approved"
+
+
+def test_creates_the_inference_service_when_absent(settings, models, kube):
+    kube.controller = healthy
+    deploy.run(settings, "v2", "mlops", timeout=5, api=kube.api(), poll_interval=0.01)
+
+    created = kube.objects[("mlops", settings.model_name)]
+    jsonschema.Draft7Validator(json.loads(ISVC_SCHEMA.read_text())).validate(created)
+    assert kube.uri(name=settings.model_name) == deploy.model_uri(settings, "v2")
+    assert [c[0] for c in kube.calls][:2] == ["GET", "POST"]
+    assert models()["v2"] == "production"
+
+
+def test_redeploying_the_production_version_is_a_no_op(settings, models, serving_v1):
+    serving_v1.controller = healthy
+    result = deploy.run(settings, "v1", "mlops", timeout=5, api=serving_v1.api(), poll_interval=0.01)
+    assert result["previous_uri"] == result["storage_uri"] == deploy.model_uri(settings, "v1")
+    assert [c[0] for c in serving_v1.calls if c[0] != "GET"] == []
+    assert models()["v1"] == "production"
+
+
+@pytest.mark.parametrize("version, error", [("v4", "is rejected"), ("v9", "no version")])
+def test_refuses_rejected_or_unknown_versions_before_touching_the_cluster(settings, models, serving_v1, version, error):
+    with pytest.raises(PipelineError, match=error):
+        deploy.run(settings, version, "mlops", timeout=5, api=serving_v1.api(), poll_interval=0.01)
+    assert serving_v1.calls == []
+    assert models()["v1"] == "production"
+
+
+def test_target_local_only_switches_the_registry(settings, models):
+    result = deploy.run(settings, "v3", target="local", api=object())  # any API call would fail on object()
+    assert result["previous_version"] == "v1" and result["target"] == "local"
+    assert models() == {"v1": "archived", "v2": "approved", "v3": "production", "v4": "rejected"}
+    with pytest.raises(ModelNotFound):
+        deploy.run(settings, "nope", target="local")
+
+
+def _cli_env(settings, kubeconfig: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
+    return {**env, **settings_env(settings), "KUBECONFIG": str(kubeconfig)}
+
+
+def test_cli_exits_non_zero_with_a_clear_message_after_a_rollback(settings, models, serving_v1, tmp_path):
+    """`python -m pipeline deploy` end to end, with the kubeconfig pointing at the fake API."""
+    kubeconfig = tmp_path / "kubeconfig"
+    kubeconfig.write_text(json.dumps({
+        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
+        "clusters": [{"name": "fake", "cluster": {"server": serving_v1.url}}],
+        "users": [{"name": "fake", "user": {}}],
+        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+    }))
+    serving_v1.controller = broken_for(deploy.model_uri(settings, "v2"))
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "deploy", "--version", "v2", "--timeout", "1"],
+        cwd=ROOT, env=_cli_env(settings, kubeconfig), capture_output=True, text=True, timeout=120,
+    )
+
+    assert proc.returncode != 0
+    assert "did not become Ready" in proc.stderr and "restored storageUri" in proc.stderr
+    assert serving_v1.uri() == deploy.model_uri(settings, "v1")
+    assert models()["v1"] == "production"
+
+    serving_v1.controller = healthy
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "deploy", "--version", "v2", "--timeout", "10"],
+        cwd=ROOT, env=_cli_env(settings, kubeconfig), capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout.strip().splitlines()[-1])["storage_uri"] == deploy.model_uri(settings, "v2")
+    assert models()["v2"] == "production"
