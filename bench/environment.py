@@ -1,0 +1,24 @@
+"""Shared set-up of the benchmarks: real local services in a temporary directory."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import tempfile
+import uuid
+from pathlib import Path
+
+from tests import services as local_services
+from tests.conftest import VERSITYGW, make_settings
+
+
+@contextlib.contextmanager
+def isolated_settings(**overrides):
+    """Start Postgres, Redis and S3 for one benchmark and yield isolated Settings."""
+    root = Path(tempfile.mkdtemp(prefix="titanic-bench-"))
+    started = local_services.up(root, VERSITYGW)
+    try:
+        yield make_settings(started, uuid.uuid4().hex[:10], **overrides)
+    finally:
+        local_services.down(root)
+        shutil.rmtree(root, ignore_errors=True)
