@@ -35,9 +35,9 @@ class Settings(BaseSettings):
     """Bucket for offline feature snapshots."""
     bucket_models: str = "models"
     """Bucket for model versions (`<model_name>/<version>/`)."""
-    dataset_url: str = "https://raw.githubusercontent.com/datasciencedojo/datasets/master/titanic.csv"
+    dataset_url: str = "https://raw.githubusercontent.com/sebastianlueders/Titanic-Survivor-Prediction-Model/76fbc3f32a95beb5d7428987f4256f12d7c9ebff/titanic/train.csv"
     """Where the raw CSV comes from: http(s)://, s3://bucket/key or a local path."""
-    dataset_sha256: str | None = None
+    dataset_sha256: str | None = "7d118fef8b6ccf7f81111877bc388536f7b1e498a655e3d649d19aaa010e9f6f"
     """Expected sha256 of the dataset; checked when set."""
     model_name: str = "titanic"
     """Model and InferenceService name."""
