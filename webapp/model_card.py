@@ -1,0 +1,104 @@
+"""What the model page shows: the production version from the registry and its S3 folder."""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import psycopg2
+from flask import current_app
+from minio import Minio
+from minio.error import S3Error
+from urllib3.exceptions import HTTPError
+
+from pipeline import registry
+from pipeline.settings import Settings
+from pipeline.store import postgres, s3
+
+logger = logging.getLogger(__name__)
+
+# Plot files a training run writes next to model.joblib, in the order the page shows them.
+PLOTS = {
+    "confusion_matrix": "Confusion matrix",
+    "roc_curve": "ROC curve",
+    "feature_importances": "Feature importances",
+}
+_VERSION = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+@dataclass
+class ModelCard:
+    production: dict[str, Any] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+
+def _s3(settings: Settings) -> Minio:
+    # One client (and its connection pool) per app, made on first use.
+    client = current_app.extensions.get("model_s3")
+    if client is None:
+        client = current_app.extensions["model_s3"] = s3.client(settings)
+    return client
+
+
+def _key(settings: Settings, version: str, filename: str) -> str:
+    return f"{settings.model_name}/{version}/{filename}"
+
+
+def load(settings: Settings) -> ModelCard:
+    """Registry rows and metadata; unreachable stores become `problems`, not a 500 page."""
+    card = ModelCard()
+    try:
+        conn = postgres.connect(settings, migrated=False)
+        try:
+            card.production = registry.get_production(conn, settings.model_name)
+            card.versions = registry.list_versions(conn, settings.model_name)
+        finally:
+            conn.close()
+    except psycopg2.Error as exc:
+        logger.warning("model registry unavailable: %s", exc)
+        card.problems.append("The model registry (Postgres) cannot be read right now.")
+        return card
+    if card.production is None:
+        return card
+    version = card.production["version"]
+    try:
+        raw = s3.get_bytes(_s3(settings), settings.bucket_models, _key(settings, version, "metadata.json"))
+        card.metadata = json.loads(raw)
+    except (S3Error, HTTPError, ValueError) as exc:
+        logger.warning("metadata of %s unavailable: %s", version, exc)
+        card.problems.append(f"The metadata of version {version} cannot be read from the object store.")
+    return card
+
+
+def plot(settings: Settings, version: str, name: str) -> bytes | None:
+    """PNG bytes of one plot of one version, or None when it does not exist."""
+    if name not in PLOTS or not _VERSION.match(version):
+        return None
+    try:
+        return s3.get_bytes(_s3(settings), settings.bucket_models, _key(settings, version, f"{name}.png"))
+    except S3Error as exc:
+        if exc.code in ("NoSuchKey", "NoSuchBucket"):
+            return None
+        raise
+
+
+def _first(metadata: dict[str, Any], *keys: str) -> Any:
+    for key in keys:
+        if metadata.get(key):
+            return metadata[key]
+    return None
+
+
+def provenance(metadata: dict[str, Any]) -> dict[str, Any]:
+    """The metadata.json entries the page names explicitly."""
+    return {
+        "checksum": _first(metadata, "data_sha256", "data_checksum", "dataset_sha256"),
+        "code_version": _first(metadata, "code_version", "git_sha"),
+        "libraries": _first(metadata, "library_versions", "libraries") or {},
+        "features": _first(metadata, "features") or [],
+    }
