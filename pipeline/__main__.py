@@ -16,6 +16,7 @@ from pipeline.settings import Settings
 STEPS = {
     "migrate": "pipeline.steps.migrate",
     "ingest": "pipeline.steps.ingest",
+    "deploy": "pipeline.steps.deploy",
 }
 XCOM_DIR = Path("/airflow/xcom")  # KubernetesPodOperator's do_xcom_push sidecar reads return.json here
 
