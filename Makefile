@@ -72,7 +72,7 @@ train-local: venv ## Run migrate -> ingest -> features -> train -> evaluate -> d
 .PHONY: test
 test: system-deps venv airflow-venv tools ## Run the whole test suite against real local services (started and stopped by the tests).
 	$(VENV)/bin/pytest tests --ignore=tests/dags $(PYTEST_ARGS)
-	$(AIRFLOW_VENV)/bin/pytest tests/dags -p no:cacheprovider $(PYTEST_ARGS)
+	$(AIRFLOW_VENV)/bin/pytest tests/dags -p no:cacheprovider --confcutdir=tests/dags $(PYTEST_ARGS)  # tests/conftest.py needs the main venv
 
 .PHONY: bench
 bench: system-deps venv versitygw ## Run the benchmarks (not part of `make test`) and print their numbers.
