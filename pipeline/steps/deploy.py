@@ -77,33 +77,51 @@ def model_uri(settings: Settings, version: str) -> str:
     return f"s3://{settings.bucket_models}/{settings.model_name}/{version}"
 
 
-def inference_service_body(name: str, namespace: str, uri: str, image: str = MODEL_SERVER_IMAGE) -> dict:
-    """The InferenceService as charts/titanic renders it; used only to create it when it is absent."""
-    resources = {"requests": {"cpu": "100m", "memory": "256Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}}
-    security = {
-        "allowPrivilegeEscalation": False,
-        "runAsNonRoot": True,
-        "runAsUser": 1000,
-        "capabilities": {"drop": ["ALL"]},
-    }
+# Mirrors charts/titanic (inferenceService.* and the security contexts of values.yaml); a test
+# renders the chart with helm and compares, so the two cannot drift apart.
+RESOURCES = {
+    "predictor": {"requests": {"cpu": "100m", "memory": "256Mi", "ephemeral-storage": "64Mi"},
+                  "limits": {"cpu": "1", "memory": "768Mi", "ephemeral-storage": "512Mi"}},
+    "transformer": {"requests": {"cpu": "50m", "memory": "192Mi", "ephemeral-storage": "64Mi"},
+                    "limits": {"cpu": "500m", "memory": "512Mi", "ephemeral-storage": "512Mi"}},
+}
+POD_SECURITY = {"fsGroup": 1000, "runAsGroup": 1000, "runAsNonRoot": True, "runAsUser": 1000,
+                "seccompProfile": {"type": "RuntimeDefault"}}
+CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}, "privileged": False,
+                      "readOnlyRootFilesystem": True, "runAsGroup": 1000, "runAsNonRoot": True, "runAsUser": 1000,
+                      "seccompProfile": {"type": "RuntimeDefault"}}
 
-    def component(role: str, **extra) -> dict:
+
+def inference_service_body(name: str, namespace: str, uri: str, image: str = MODEL_SERVER_IMAGE,
+                           log_level: str = "INFO") -> dict:
+    """The InferenceService as charts/titanic renders it; used only to create it when it is absent."""
+
+    def component(role: str) -> dict:
+        # STORAGE_URI on the custom predictor makes KServe's storage initializer fetch the model.
+        storage = [{"name": "STORAGE_URI", "value": uri}] if role == "predictor" else []
         return {
-            "serviceAccountName": "titanic-models",
             "minReplicas": 1,
             "maxReplicas": 1,
+            "serviceAccountName": "titanic-models",
+            "securityContext": POD_SECURITY,
             "containers": [
                 {
                     "name": "kserve-container",
                     "image": image,
                     "imagePullPolicy": "IfNotPresent",
                     "args": [role, "--model_name", name],
-                    "ports": [{"containerPort": 8080, "name": "http1", "protocol": "TCP"}],
-                    "resources": resources,
-                    "securityContext": security,
-                    **extra,
+                    "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
+                    "env": [*storage, {"name": "MODEL_NAME", "value": name}, {"name": "LOG_LEVEL", "value": log_level}],
+                    "readinessProbe": {"httpGet": {"path": f"/v1/models/{name}", "port": "http1"},
+                                       "periodSeconds": 5, "failureThreshold": 3},
+                    "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http1"},
+                                      "periodSeconds": 20, "timeoutSeconds": 3, "failureThreshold": 3},
+                    "resources": RESOURCES[role],
+                    "securityContext": CONTAINER_SECURITY,
+                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
                 }
             ],
+            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
         }
 
     return {
@@ -112,17 +130,11 @@ def inference_service_body(name: str, namespace: str, uri: str, image: str = MOD
         "metadata": {
             "name": name,
             "namespace": namespace,
-            "labels": {"app.kubernetes.io/name": "titanic", "app.kubernetes.io/component": "model"},
-            "annotations": {
-                "serving.kserve.io/deploymentMode": "Standard",
-                "serving.kserve.io/autoscalerClass": "none",
-            },
+            "labels": {"app.kubernetes.io/name": "titanic", "app.kubernetes.io/component": "model-server",
+                       "app.kubernetes.io/part-of": "titanic-mlops"},
+            "annotations": {"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "none"},
         },
-        "spec": {
-            # STORAGE_URI on the custom container makes KServe's storage initializer fetch the model.
-            "predictor": component("predictor", env=[{"name": "STORAGE_URI", "value": uri}]),
-            "transformer": component("transformer"),
-        },
+        "spec": {"predictor": component("predictor"), "transformer": component("transformer")},
     }
 
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
+import yaml
 from kubernetes import client as k8s_client
 
 from pipeline import registry
@@ -248,6 +249,26 @@ def test_schema_check_catches_a_misspelt_field():
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.Draft7Validator(schema).validate(body)
     assert _unknown_keys(body, schema) == [".spec.predictor.serviceAccount_name"]
+
+
+def test_body_matches_what_the_chart_renders():
+    """Created only when absent, the InferenceService must equal the chart's, so render it with real helm."""
+    helm = os.environ.get("HELM", str(ROOT / "bin" / "helm"))
+    kube_version = next(line.split("=", 1)[1] for line in (ROOT / "versions.env").read_text().splitlines()
+                        if line.startswith("KUBE_VERSION="))
+    rendered = subprocess.run(
+        [helm, "template", "titanic", str(ROOT / "charts" / "titanic"), "--namespace", "mlops",
+         "--kube-version", kube_version, "--show-only", "templates/inferenceservice.yaml"],
+        capture_output=True, text=True, check=True, timeout=120,
+    ).stdout
+    chart = yaml.safe_load(rendered)
+    pointer, chart_uri = deploy.find_storage_uri(chart)
+    body = deploy.inference_service_body("titanic", "mlops", chart_uri)
+
+    assert pointer == deploy.find_storage_uri(body)[0]  # the field the deploy step patches is the chart's
+    assert body["spec"] == chart["spec"]
+    assert body["metadata"]["annotations"] == chart["metadata"]["annotations"]
+    assert body["metadata"]["labels"].items() <= chart["metadata"]["labels"].items()
 
 
 def test_model_server_image_tag_is_img_tag_of_versions_env():
