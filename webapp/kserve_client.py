@@ -100,7 +100,8 @@ class KServeClient:
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
-            return self.session.request(method, url, timeout=self.timeout, **kwargs)
+            kwargs.setdefault("timeout", self.timeout)
+            return self.session.request(method, url, **kwargs)
         except requests.Timeout as exc:
             # ConnectTimeout is both a Timeout and a ConnectionError: it means "unreachable".
             reason = "unreachable" if isinstance(exc, requests.ConnectTimeout) else "timeout"
@@ -132,7 +133,9 @@ class KServeClient:
     def ready(self) -> tuple[bool, str]:
         """Whether the model answers ready on the V1 readiness endpoint, and why not."""
         try:
-            response = self._send("GET", f"{self.base_url}/v1/models/{self.model_name}")
+            # Short read timeout: probes (readinessProbe timeoutSeconds 3) must get an answer.
+            response = self._send("GET", f"{self.base_url}/v1/models/{self.model_name}",
+                                  timeout=(self.timeout[0], min(self.timeout[1], 2.0)))
         except InferenceError as exc:
             return False, exc.reason
         if response.status_code != 200:

@@ -1,0 +1,84 @@
+"""The model page against real Postgres (model_versions) and S3 (the version's folder)."""
+
+from __future__ import annotations
+
+import re
+import json
+
+import pytest
+
+from pipeline import registry
+from pipeline.store import s3 as s3_store
+from webapp import create_app
+
+from .conftest import closed_port_url
+
+pytestmark = pytest.mark.integration
+
+# The smallest valid PNG (1x1): the page only has to pass the bytes through.
+PNG = bytes.fromhex(
+    "89504e470d0a1a0a0000000d4948445200000001000000010806000000"
+    "1f15c4890000000d49444154789c6360000002000154a24f5d0000000049454e44ae426082"
+)
+
+
+@pytest.fixture
+def app(settings):
+    return create_app({"SETTINGS": settings.model_copy(update={"kserve_url": closed_port_url()})})
+
+
+def _register(db, settings, version, status, accuracy):
+    registry.register(db, settings.model_name, version, artifact_uri=f"s3://{settings.bucket_models}/titanic/{version}",
+                      metrics={"accuracy": accuracy, "f1": 0.75}, params={"n_estimators": 200, "max_depth": 6},
+                      feature_set="fs-20261126-1")
+    if status == "production":
+        registry.promote(db, settings.model_name, version)
+    elif status != "candidate":
+        registry.set_status(db, settings.model_name, version, status, reason="accuracy below the gate")
+
+
+def test_model_page_shows_production_version_metadata_plots_and_history(app, settings, db, s3):
+    _register(db, settings, "v1", "production", 0.80)
+    _register(db, settings, "v2", "production", 0.84)  # v1 becomes archived
+    _register(db, settings, "v3", "rejected", 0.70)
+    metadata = {
+        "version": "v2", "features": ["Pclass", "Sex", "Title", "FamilySize"],
+        "params": {"n_estimators": 300, "max_depth": 8}, "metrics": {"accuracy": 0.8412, "roc_auc": 0.88},
+        "data_sha256": "7d118fef8b6ccf7f81111877bc388536f7b1e498a655e3d649d19aaa010e9f6f",
+        "feature_set": "fs-20261126-1", "library_versions": {"scikit-learn": "1.9.1"},
+    }
+    s3_store.put_bytes(s3, settings.bucket_models, "titanic/v2/metadata.json", json.dumps(metadata).encode())
+    s3_store.put_bytes(s3, settings.bucket_models, "titanic/v2/roc_curve.png", PNG, "image/png")
+
+    client = app.test_client()
+    html = client.get("/model").get_data(as_text=True)
+    assert 'id="production-version">v2<' in html
+    assert "0.841" in html and "roc auc" in html  # metrics from metadata.json
+    assert "n_estimators" in html and ">300<" in html  # params from metadata.json
+    assert metadata["data_sha256"] in html and "fs-20261126-1" in html
+    assert "scikit-learn 1.9.1" in html and "FamilySize" in html
+    for name in ("confusion_matrix", "roc_curve", "feature_importances"):
+        assert f'src="/model/v2/plots/{name}.png"' in html
+    history = html[html.index('id="versions"'):]
+    for version, status in (("v3", "rejected"), ("v2", "production"), ("v1", "archived")):
+        assert re.search(rf">{version}</td>\s*<td[^>]*>\s*<span[^>]*>{status}</span>", history), (version, status)
+    assert "accuracy below the gate" in history
+
+    plot = client.get("/model/v2/plots/roc_curve.png")
+    assert plot.status_code == 200 and plot.mimetype == "image/png" and plot.data == PNG
+    assert "immutable" in plot.headers["Cache-Control"]
+    assert client.get("/model/v2/plots/confusion_matrix.png").status_code == 404  # not written
+    assert client.get("/model/v2/plots/model.png").status_code == 404  # not a plot name
+    assert client.get("/model/..%2Fv1/plots/roc_curve.png").status_code == 404
+
+
+def test_model_page_without_production_model(app, db):
+    html = app.test_client().get("/model").get_data(as_text=True)
+    assert 'id="no-production"' in html
+
+
+def test_model_page_when_registry_is_unreachable(settings):
+    broken = settings.model_copy(update={"database_url": closed_port_url().replace("http", "postgresql") + "/x"})
+    response = create_app({"SETTINGS": broken}).test_client().get("/model")
+    assert response.status_code == 200
+    assert "model registry (Postgres) cannot be read" in response.get_data(as_text=True)

@@ -1,0 +1,69 @@
+"""Validation of one raw passenger, shared by the form and the JSON API."""
+
+import pytest
+
+from webapp.passenger import DEFAULTS, FIELDS, validate, validate_form
+
+from .conftest import VALID
+
+
+def test_valid_passenger_is_normalised():
+    clean, errors = validate({**VALID, "Sex": " Female ", "Embarked": "c", "Age": "38", "Pclass": "1"})
+    assert errors == []
+    assert clean == {**VALID, "Sex": "female", "Embarked": "C", "Age": 38.0, "Pclass": 1}
+
+
+def test_form_defaults_are_valid():
+    clean, errors = validate_form({k: "" if v is None else str(v) for k, v in DEFAULTS.items()})
+    assert errors == []
+    assert set(clean) == set(FIELDS)
+
+
+def test_unknown_optional_values_become_none():
+    clean, errors = validate({**VALID, "Age": "", "Fare": None, "Embarked": " ", "Cabin": ""})
+    assert errors == []
+    assert clean["Age"] is None and clean["Fare"] is None and clean["Embarked"] is None and clean["Cabin"] is None
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("Name", "", "Name is required"),
+        ("Name", "x" * 201, "at most 200 characters"),
+        ("Name", 42, "must be text"),
+        ("Sex", "", "Sex is required"),
+        ("Sex", "unknown", "must be 'female' or 'male'"),
+        ("Age", "old", "Age must be a number"),
+        ("Age", -1, "between 0 and 100"),
+        ("Age", 101, "between 0 and 100"),
+        ("Age", True, "must be a number"),
+        ("Age", "nan", "must be a number"),
+        ("Pclass", "", "Ticket class is required"),
+        ("Pclass", 4, "must be 1, 2 or 3"),
+        ("Pclass", "first", "must be 1, 2 or 3"),
+        ("SibSp", "", "is required"),
+        ("SibSp", -1, "at least 0"),
+        ("SibSp", 1.5, "whole number"),
+        ("Parch", "two", "must be a number"),
+        ("Parch", -2, "at least 0"),
+        ("Fare", "free", "Fare must be a number"),
+        ("Fare", -5, "at least 0"),
+        ("Embarked", "X", "must be one of C, Q, S"),
+        ("Cabin", "C" * 41, "at most 40 characters"),
+    ],
+)
+def test_each_invalid_field_is_named(field, value, message):
+    _, errors = validate({**VALID, field: value}, instance=3)
+    assert [(e.field, e.instance) for e in errors] == [(field, 3)]
+    assert message in errors[0].message
+
+
+def test_unknown_key_is_reported():
+    _, errors = validate({**VALID, "age": 3})
+    assert [e.field for e in errors] == ["age"]
+    assert "unknown field" in errors[0].message
+
+
+def test_missing_required_fields_are_all_reported():
+    _, errors = validate({})
+    assert {e.field for e in errors} == {"Name", "Sex", "Pclass", "SibSp", "Parch"}
