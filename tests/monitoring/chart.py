@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 from pathlib import Path
 
 import yaml
@@ -24,12 +25,18 @@ def kube_version() -> str:
     raise AssertionError("KUBE_VERSION missing from versions.env")
 
 
-def render(*set_args: str) -> list[dict]:
-    """`helm template` the chart (release `titanic`, namespace `mlops`) into a list of objects."""
+def render(values: dict | None = None) -> list[dict]:
+    """`helm template` the chart (release `titanic`, namespace `mlops`) into a list of objects.
+
+    `values` is passed as a values file (typed, unlike `--set`, which turns 0.5 into a string).
+    """
     cmd = [str(HELM), "template", "titanic", str(CHART), "--namespace", NAMESPACE, "--kube-version", kube_version()]
-    for arg in set_args:
-        cmd += ["--set", arg]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml") as f:
+        yaml.safe_dump(values or {}, f)
+        f.flush()
+        result = subprocess.run(cmd + ["--values", f.name], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 

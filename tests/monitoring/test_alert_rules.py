@@ -71,7 +71,7 @@ def test_every_alert_has_a_firing_and_a_silent_case(rule):
 def test_thresholds_come_from_values(tmp_path):
     """A stricter threshold from values reaches the drift expression and its recording rule."""
     rule = chart.prometheus_rule(
-        chart.render("prometheusRule.driftPsiThreshold=0.5", "prometheusRule.driftFor=30m")
+        chart.render({"prometheusRule": {"driftPsiThreshold": 0.5, "driftFor": "30m"}})
     )
     drift = alerts(rule)["TitanicFeatureDrift"]
     assert drift["expr"].rstrip().endswith("> 0.5")
@@ -111,5 +111,5 @@ def test_thresholds_come_from_values(tmp_path):
 
 
 def test_rule_can_be_disabled():
-    objects = chart.render("prometheusRule.enabled=false")
+    objects = chart.render({"prometheusRule": {"enabled": False}})
     assert not [o for o in objects if o["kind"] == "PrometheusRule"]
