@@ -1,0 +1,132 @@
+"""The pipeline and Airflow Dockerfiles, read as text.
+
+No image can be built here (no base image can be pulled), so the rules an image must keep are
+checked on the Dockerfile itself: base images pinned through ARGs whose defaults are the pins of
+versions.env, a builder stage and a slim final stage, a numeric non-root USER, the entrypoint, and
+build contexts that contain what the COPY lines need.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PINS = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines()
+            if line.strip() and not line.startswith("#"))
+COMPILERS = re.compile(r"\b(gcc|g\+\+|clang|build-essential|make|python3?-dev|libpq-dev)\b")
+
+
+def instructions(dockerfile: Path) -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) in order, comments dropped and continuation lines joined."""
+    text = re.sub(r"\\\n", " ", "\n".join(line for line in dockerfile.read_text().splitlines()
+                                          if not line.lstrip().startswith("#")))
+    return [(parts[0].upper(), parts[1].strip() if len(parts) > 1 else "")
+            for parts in (line.strip().split(None, 1) for line in text.splitlines() if line.strip())]
+
+
+def stages(steps: list[tuple[str, str]]) -> list[list[tuple[str, str]]]:
+    """Instructions grouped by build stage; stage 0 holds the global ARGs before the first FROM."""
+    grouped = [[]]
+    for step in steps:
+        if step[0] == "FROM":
+            grouped.append([])
+        grouped[-1].append(step)
+    return grouped
+
+
+def arg_defaults(steps) -> dict[str, str]:
+    return dict(args.split("=", 1) for op, args in steps if op == "ARG" and "=" in args)
+
+
+def ignored(dockerfile: Path, path: str) -> bool:
+    """Whether the Dockerfile's own .dockerignore (BuildKit: <Dockerfile>.dockerignore) drops `path`."""
+    result = False
+    for pattern in dockerfile.with_name(dockerfile.name + ".dockerignore").read_text().splitlines():
+        pattern = pattern.strip()
+        if not pattern or pattern.startswith("#"):
+            continue
+        negate, pattern = pattern.startswith("!"), pattern.lstrip("!").rstrip("/")
+        if fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/"):
+            result = not negate
+    return result
+
+
+def copied_sources(steps) -> list[str]:
+    sources = []
+    for op, args in steps:
+        if op == "COPY" and "--from=" not in args:
+            sources += [a for a in args.split() if not a.startswith("--")][:-1]
+    return sources
+
+
+PIPELINE = ROOT / "images" / "pipeline" / "Dockerfile"
+AIRFLOW = ROOT / "images" / "airflow" / "Dockerfile"
+
+
+def test_pipeline_image_is_a_slim_two_stage_build_from_the_pinned_base():
+    steps = instructions(PIPELINE)
+    global_args, *build = stages(steps)
+    assert arg_defaults(global_args)["PYTHON_BASE_IMAGE"] == PINS["PYTHON_BASE_IMAGE"]
+    assert [s[0][1] for s in build] == ["${PYTHON_BASE_IMAGE} AS builder", "${PYTHON_BASE_IMAGE}"]
+    builder, final = build
+    assert any(op == "RUN" and "python -m venv /opt/venv" in args for op, args in builder)
+    assert ("COPY", "--from=builder /opt/venv /opt/venv") in final
+    # nothing is compiled or installed in the final stage, so it carries no toolchain
+    assert not [args for op, args in final if op == "RUN" and (COMPILERS.search(args) or "pip install" in args)]
+
+
+def test_pipeline_image_runs_the_cli_as_uid_1000():
+    final = stages(instructions(PIPELINE))[-1]
+    assert any(op == "RUN" and "useradd --uid 1000" in args for op, args in final)
+    assert [args for op, args in final if op == "USER"][-1] == "1000"
+    assert json.loads([args for op, args in final if op == "ENTRYPOINT"][-1]) == ["python", "-m", "pipeline"]
+
+
+def test_airflow_image_is_the_pinned_official_image_with_the_dags():
+    steps = instructions(AIRFLOW)
+    global_args, *build = stages(steps)
+    assert arg_defaults(global_args)["AIRFLOW_VERSION"] == PINS["AIRFLOW_VERSION"]
+    ((_, base),) = [s[0] for s in build]
+    assert base == "apache/airflow:${AIRFLOW_VERSION}"
+    (final,) = build
+    defaults = arg_defaults(final)
+    assert defaults["AIRFLOW_PROVIDER_CNCF_K8S_VERSION"] == PINS["AIRFLOW_PROVIDER_CNCF_K8S_VERSION"]
+    assert defaults["IMG_TAG"] == PINS["IMG_TAG"]
+    (install,) = [args for op, args in final if op == "RUN" and "pip install" in args]
+    assert '"apache-airflow==${AIRFLOW_VERSION}"' in install  # pip may not move Airflow for the provider
+    assert '"apache-airflow-providers-cncf-kubernetes==${AIRFLOW_PROVIDER_CNCF_K8S_VERSION}"' in install
+    assert any(op == "COPY" and args.endswith("dags/ /opt/airflow/dags/") for op, args in final)
+    assert ("ENV", "TITANIC_PIPELINE_IMAGE=titanic-pipeline:${IMG_TAG}") in final
+    user = [args for op, args in final if op == "USER"][-1]
+    assert user.isdigit() and int(user) != 0  # numeric, so the kubelet can enforce runAsNonRoot
+    assert not [op for op, _ in final if op in ("ENTRYPOINT", "CMD")]  # the chart relies on the official entrypoint
+
+
+@pytest.mark.parametrize("dockerfile", [PIPELINE, AIRFLOW], ids=["pipeline", "airflow"])
+def test_build_context_holds_what_copy_needs_and_no_venv(dockerfile):
+    for source in copied_sources(instructions(dockerfile)):
+        assert (ROOT / source).exists(), source
+        assert not ignored(dockerfile, source.rstrip("/")), source
+    for heavy in (".venv", ".venv-airflow", ".git", "bin", "tests"):
+        assert ignored(dockerfile, heavy), heavy
+
+
+def test_dockerignore_reader_is_not_vacuous():
+    assert ignored(PIPELINE, "webapp") and not ignored(PIPELINE, "pipeline")
+    assert ignored(PIPELINE, "pipeline/__pycache__/x.pyc")
+
+
+def test_make_targets_pass_the_pins_as_build_args():
+    dry_run = subprocess.run(["make", "-n", "pipeline-image", "airflow-image"], cwd=ROOT, capture_output=True,
+                             text=True, check=True, timeout=60).stdout
+    assert f"-t titanic-pipeline:{PINS['IMG_TAG']}" in dry_run
+    assert f"--build-arg PYTHON_BASE_IMAGE={PINS['PYTHON_BASE_IMAGE']}" in dry_run
+    assert f"-t titanic-airflow:{PINS['IMG_TAG']}" in dry_run
+    for pin in ("AIRFLOW_VERSION", "AIRFLOW_PROVIDER_CNCF_K8S_VERSION", "IMG_TAG"):
+        assert f"--build-arg {pin}={PINS[pin]}" in dry_run
