@@ -32,7 +32,9 @@ web-run: venv css ## Serve the web app with gunicorn on WEBAPP_PORT (needs the s
 	PROMETHEUS_MULTIPROC_DIR=$(SERVICES_DIR)/prometheus $(VENV)/bin/gunicorn -c python:webapp.gunicorn_conf \
 	  --bind 127.0.0.1:$(WEBAPP_PORT) 'webapp:create_app()'
 
-.PHONY: web-image
-web-image: ## Build the titanic-webapp image (Docker; CSS compiled in its node stage).
-	docker build -f images/webapp/Dockerfile -t titanic-webapp:$(IMG_TAG) \
+DOCKER ?= docker## container image builder
+
+.PHONY: webapp-image
+webapp-image: ## Build titanic-webapp:$(IMG_TAG): gunicorn + the app, Tailwind CSS compiled in a node stage.
+	$(DOCKER) build -f images/webapp/Dockerfile -t titanic-webapp:$(IMG_TAG) \
 	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) --build-arg NODE_IMAGE=$(NODE_IMAGE) .
