@@ -16,6 +16,11 @@ from pipeline.settings import Settings
 STEPS = {
     "migrate": "pipeline.steps.migrate",
     "ingest": "pipeline.steps.ingest",
+    "features": "pipeline.steps.features",
+    "train": "pipeline.steps.train",
+    "evaluate": "pipeline.steps.evaluate",
+    "run-all": "pipeline.steps.run_all",
+    "score": "pipeline.steps.score",
     "deploy": "pipeline.steps.deploy",
 }
 XCOM_DIR = Path("/airflow/xcom")  # KubernetesPodOperator's do_xcom_push sidecar reads return.json here

@@ -8,15 +8,26 @@ categorical imputer treats "" as missing, as `features.transform` emits.
 
 from __future__ import annotations
 
+import io
+import json
+
+import joblib
+import numpy as np
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
+from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_score, recall_score, roc_auc_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+from pipeline.errors import ModelNotFound
 from pipeline.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from pipeline.settings import Settings
+from pipeline.store import s3
 
 CLASSIFIER_STEP = "classifier"
+# Files of a model version folder s3://<models bucket>/<model name>/<version>/
+MODEL_FILE, METADATA_FILE, REFERENCE_FILE = "model.joblib", "metadata.json", "reference.json"
 MISSING_CATEGORY = "missing"
 
 # The seed's search space, as lists so that it is JSON-serialisable and recorded in metadata.
@@ -47,3 +58,42 @@ def build_pipeline(seed: int = 42) -> Pipeline:
 def feature_names(pipeline: Pipeline) -> list[str]:
     """Names of the columns the classifier sees (one-hot expanded), for importances."""
     return [n.split("__", 1)[1] for n in pipeline.named_steps["preprocess"].get_feature_names_out()]
+
+
+def classification_metrics(y_true, y_pred, proba) -> dict:
+    """accuracy, precision, recall, f1, roc_auc (None when only one class is present), confusion matrix."""
+    y_true = np.asarray(y_true, dtype=int)
+    out = {
+        "accuracy": float(accuracy_score(y_true, y_pred)),
+        "precision": float(precision_score(y_true, y_pred, zero_division=0)),
+        "recall": float(recall_score(y_true, y_pred, zero_division=0)),
+        "f1": float(f1_score(y_true, y_pred, zero_division=0)),
+        "roc_auc": float(roc_auc_score(y_true, proba)) if len(np.unique(y_true)) == 2 else None,
+        "confusion_matrix": confusion_matrix(y_true, y_pred, labels=[0, 1]).tolist(),
+    }
+    return out
+
+
+def artifact_key(artifact_uri: str, name: str) -> tuple[str, str]:
+    """(bucket, key) of one file in a model version folder `s3://bucket/<model>/<version>`."""
+    bucket, prefix = s3.split_uri(artifact_uri)
+    return bucket, f"{prefix.rstrip('/')}/{name}"
+
+
+def load(settings: Settings, artifact_uri: str) -> Pipeline:
+    """The fitted Pipeline of a model version folder."""
+    bucket, key = artifact_key(artifact_uri, MODEL_FILE)
+    try:
+        data = s3.get_bytes(s3.client(settings), bucket, key)
+    except Exception as exc:  # a missing object or bucket means the same to the caller
+        raise ModelNotFound(f"cannot read {artifact_uri}/{MODEL_FILE}: {exc}") from exc
+    return joblib.load(io.BytesIO(data))
+
+
+def load_json(settings: Settings, artifact_uri: str, name: str = METADATA_FILE) -> dict:
+    """metadata.json (or reference.json) of a model version folder."""
+    bucket, key = artifact_key(artifact_uri, name)
+    try:
+        return json.loads(s3.get_bytes(s3.client(settings), bucket, key))
+    except Exception as exc:
+        raise ModelNotFound(f"cannot read {artifact_uri}/{name}: {exc}") from exc
