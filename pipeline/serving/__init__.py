@@ -1,0 +1,1 @@
+"""KServe model server of the Titanic model: predictor and transformer (`python -m pipeline.serving`)."""

@@ -1,0 +1,104 @@
+"""`python -m pipeline.serving predictor|transformer [KServe ModelServer args]`: parse, log, settings, serve."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import sys
+
+from kserve import ModelServer
+from kserve import model_server as kserve_server
+from kserve.predictor_config import PredictorConfig
+from fastapi.responses import JSONResponse
+from prometheus_client import REGISTRY
+
+from pipeline.errors import PipelineError
+from pipeline.log import configure_logging
+from pipeline.serving import artifacts
+from pipeline.settings import Settings
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline.serving", parents=[kserve_server.parser],
+                                     description="KServe predictor or transformer of the Titanic model.",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("role", choices=["predictor", "transformer"], help="which half of the InferenceService to run")
+    parser.add_argument("--model_dir", default=artifacts.DEFAULT_MODEL_DIR,
+                        help="local model folder (KServe's storage initializer copies storageUri here)")
+    parser.add_argument("--model_uri", default=None,
+                        help="s3://bucket/<model>/<version> to load instead of --model_dir (local runs)")
+    parser.add_argument("--model_version", default=None,
+                        help="version id, 'production' or 'latest', resolved through the model registry (local runs)")
+    parser.add_argument("--runtime", choices=["onnx", "sklearn"], default="onnx",
+                        help="predictor: evaluate the forest with ONNX Runtime or with scikit-learn")
+    parser.add_argument("--drift_window", type=int, default=500, help="transformer: feature vectors in the drift window")
+    parser.add_argument("--drift_threshold", type=float, default=0.2, help="transformer: PSI above which a feature drifted")
+    parser.add_argument("--drift_min_samples", type=int, default=100,
+                        help="transformer: vectors needed before PSI is exported")
+    parser.add_argument("--feature_lookup", default=True, type=lambda v: v.lower() in ("1", "true", "yes"),
+                        help="transformer: serve id-only instances from the Redis online store")
+    # Name defaults to MODEL_NAME; a hung predictor must not hold a request for KServe's 600 s default.
+    parser.set_defaults(model_name=None, predictor_request_timeout_seconds=5)
+    return parser
+
+
+def _predictor(args, settings: Settings):
+    from pipeline.serving.predictor import TitanicPredictor
+
+    loader = functools.partial(artifacts.load, settings, model_dir=args.model_dir, model_uri=args.model_uri,
+                               model_version=args.model_version, with_model=True)
+    model = TitanicPredictor(args.model_name, loader, runtime=args.runtime)
+    model.load()
+    return model
+
+
+def _transformer(args, settings: Settings):
+    from pipeline.serving import transformer
+    from pipeline.serving.drift import DriftCollector, DriftMonitor
+    from pipeline.store.feature_store import FeatureStore
+
+    if not args.predictor_host:
+        raise PipelineError("the transformer needs --predictor_host")
+    model_artifacts = artifacts.load(settings, model_dir=args.model_dir, model_uri=args.model_uri,
+                                     model_version=args.model_version, with_model=False)
+    drift = None
+    if model_artifacts.reference:
+        drift = DriftMonitor(model_artifacts.reference, window=args.drift_window, threshold=args.drift_threshold,
+                             min_samples=args.drift_min_samples)
+        REGISTRY.register(DriftCollector(drift))
+    store = FeatureStore(settings) if args.feature_lookup else None
+    app = kserve_server.app
+    app.add_exception_handler(transformer.InvalidInstances,
+                              lambda _, exc: JSONResponse(status_code=400, content=transformer.error_body(exc.errors)))
+    app.add_exception_handler(transformer.PredictorError,
+                              lambda _, exc: JSONResponse(status_code=exc.status, content={"error": exc.message}))
+    return transformer.TitanicTransformer(args.model_name, model_artifacts, drift=drift, feature_store=store)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    settings = Settings()
+    configure_logging(settings.log_level)
+    args.model_name = args.model_name or settings.model_name
+    try:
+        model = _predictor(args, settings) if args.role == "predictor" else _transformer(args, settings)
+    except PipelineError as exc:
+        print(f"error: {args.role}: {exc}", file=sys.stderr)
+        return 1
+    predictor_config = PredictorConfig(
+        predictor_host=args.predictor_host,
+        predictor_protocol=args.predictor_protocol,
+        predictor_use_ssl=args.predictor_use_ssl,
+        predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
+        predictor_request_retries=args.predictor_request_retries,
+        predictor_health_check=args.enable_predictor_health_check,
+    )
+    ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
+                enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
+                enable_latency_logging=args.enable_latency_logging, predictor_config=predictor_config,
+                ).start([model])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

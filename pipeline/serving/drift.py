@@ -1,0 +1,131 @@
+"""Feature drift: PSI of a sliding window of served feature vectors against the training distribution.
+
+The reference is the model version's `reference.json` (written by the train step): numeric
+features as decile bins plus a missing share, categorical features as category shares. The
+window keeps the bin index of each recent vector and running counts per bin, so observing a
+request costs one vectorised binning and two bincounts, and PSI is computed only when
+Prometheus scrapes `/metrics`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+import numpy as np
+import pandas as pd
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
+
+# Added to both shares before the logarithm: an empty bin must not make PSI infinite.
+EPSILON = 1e-4
+
+
+def psi(actual: np.ndarray, expected: np.ndarray) -> float:
+    """Population stability index of two share vectors over the same bins."""
+    a, e = actual + EPSILON, expected + EPSILON
+    return float(np.sum((a - e) * np.log(a / e)))
+
+
+class _Feature:
+    """Binning of one feature as the reference defines it; the last bin collects the rest."""
+
+    def __init__(self, name: str, spec: dict):
+        self.name = name
+        self.numeric = spec["type"] == "numeric"
+        if self.numeric:
+            self.edges = np.asarray(spec["edges"], dtype=np.float64)
+            # bins 0..k from the edges, then one bin for missing values
+            self.expected = np.append(np.asarray(spec["proportions"], dtype=np.float64), float(spec.get("missing", 0.0)))
+        else:
+            self.categories = list(spec["proportions"])
+            # known categories, then one bin for values never seen in training
+            self.expected = np.append(np.asarray([spec["proportions"][c] for c in self.categories], dtype=np.float64), 0.0)
+        self.bins = len(self.expected)
+
+    def bin(self, values: pd.Series) -> np.ndarray:
+        if self.numeric:
+            x = values.to_numpy(dtype=np.float64)
+            out = np.searchsorted(self.edges, x, side="left")
+            out[np.isnan(x)] = self.bins - 1
+            return out
+        codes = pd.Categorical(values.astype(str), categories=self.categories).codes.astype(np.int64)
+        codes[codes < 0] = self.bins - 1
+        return codes
+
+
+class DriftMonitor:
+    """Bounded window of recent feature vectors and their PSI per feature.
+
+    Args:
+        reference: the parsed `reference.json`.
+        window: how many recent vectors the PSI is computed over.
+        threshold: PSI above which a feature counts as drifted.
+        min_samples: below this many vectors no PSI is exported (a handful of requests is noise).
+    """
+
+    def __init__(self, reference: dict, *, window: int = 500, threshold: float = 0.2, min_samples: int = 100):
+        if window < 1 or min_samples < 1:
+            raise ValueError("window and min_samples must be positive")
+        self.features = [_Feature(name, spec) for name, spec in reference["features"].items()]
+        self.window, self.threshold, self.min_samples = window, threshold, min(min_samples, window)
+        self._ring = np.full((window, len(self.features)), -1, dtype=np.int64)
+        self._counts = [np.zeros(f.bins, dtype=np.int64) for f in self.features]
+        self._pos = self._size = 0
+        self._lock = threading.Lock()
+
+    def observe(self, frame: pd.DataFrame) -> None:
+        """Add the feature vectors of one request (output of `features.transform`)."""
+        if frame.empty:
+            return
+        binned = np.column_stack([f.bin(frame[f.name]) for f in self.features])[-self.window:]
+        n = len(binned)
+        with self._lock:
+            slots = (self._pos + np.arange(n)) % self.window
+            evicted = self._ring[slots]
+            for j, f in enumerate(self.features):
+                old = evicted[:, j]
+                self._counts[j] -= np.bincount(old[old >= 0], minlength=f.bins)
+                self._counts[j] += np.bincount(binned[:, j], minlength=f.bins)
+            self._ring[slots] = binned
+            self._pos = (self._pos + n) % self.window
+            self._size = min(self.window, self._size + n)
+
+    @property
+    def samples(self) -> int:
+        return self._size
+
+    def psi(self) -> dict[str, float]:
+        """PSI per feature over the current window; empty while it holds fewer than `min_samples`."""
+        with self._lock:
+            size, counts = self._size, [c.copy() for c in self._counts]
+        if size < self.min_samples:
+            return {}
+        return {f.name: psi(c / size, f.expected) for f, c in zip(self.features, counts)}
+
+    def drifted(self, values: dict[str, float] | None = None) -> bool:
+        values = self.psi() if values is None else values
+        return any(v > self.threshold for v in values.values())
+
+
+class DriftCollector(Collector):
+    """Prometheus collector computing the drift gauges at scrape time."""
+
+    def __init__(self, monitor: DriftMonitor):
+        self.monitor = monitor
+
+    def collect(self):
+        values = self.monitor.psi()
+        gauge = GaugeMetricFamily("titanic_feature_drift_psi",
+                                  "PSI of the feature over the recent window against the training distribution.",
+                                  labels=["feature"])
+        for name, value in values.items():
+            gauge.add_metric([name], value)
+        yield gauge
+        yield GaugeMetricFamily("titanic_drift_detected",
+                                f"1 when any feature's PSI exceeds {self.monitor.threshold}.",
+                                value=int(self.monitor.drifted(values)))
+        yield GaugeMetricFamily("titanic_drift_window_samples", "Feature vectors in the drift window.",
+                                value=self.monitor.samples)

@@ -1,0 +1,204 @@
+"""KServe transformer: raw passengers -> validated -> features -> predictor -> {"survived", "probability"}.
+
+Validation is `pipeline.schema.validate` and feature engineering is `pipeline.features.transform`,
+the very functions ingestion and training use. An instance that carries only a `PassengerId`
+is served from the Redis online store instead. Every served feature vector also feeds the
+drift window.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+from typing import Any
+
+import httpx
+import pandas as pd
+from kserve import Model
+from kserve.errors import InvalidInput
+from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+
+from pipeline import features, schema
+from pipeline.serving import metrics
+from pipeline.serving.artifacts import ModelArtifacts
+from pipeline.serving.drift import DriftMonitor
+
+logger = logging.getLogger(__name__)
+
+# The protocol of the incoming request, carried from preprocess to postprocess of the same request.
+_REQUEST_IS_V2: contextvars.ContextVar[bool] = contextvars.ContextVar("titanic_request_is_v2", default=False)
+
+
+class InvalidInstances(InvalidInput):
+    """Instances failing validation: a 400 whose message names the instance index and field of each error."""
+
+    def __init__(self, errors: list[dict[str, Any]]):
+        self.errors = errors
+        super().__init__("\n".join(f"instance {e['instance']}: {e['field']}: {e['message']}" for e in errors))
+
+
+class PredictorError(Exception):
+    """The predictor could not answer: 503 when unreachable or too slow, 502 when it answered with an error."""
+
+    def __init__(self, status: int, message: str):
+        self.status, self.message = status, message
+        super().__init__(message)
+
+
+class TitanicTransformer(Model):
+    """Overrides preprocess/postprocess, and predict only to turn transport failures into 502/503."""
+
+    def __init__(self, name: str, artifacts: ModelArtifacts, *, drift: DriftMonitor | None = None,
+                 feature_store=None):
+        super().__init__(name)
+        self.artifacts, self.drift, self.feature_store = artifacts, drift, feature_store
+        metrics.set_model(artifacts.version, artifacts.accuracy)
+        self._warned_versions: set[str] = set()
+        self.ready = True
+
+    # -- request -> features ------------------------------------------------------------
+
+    @staticmethod
+    def _instances(payload) -> list[dict]:
+        if isinstance(payload, InferRequest):  # V2: one tensor per raw field
+            columns = {}
+            for tensor in payload.inputs:
+                values = tensor.as_numpy().reshape(-1).tolist()
+                columns[tensor.name] = [v.decode() if isinstance(v, bytes) else v for v in values]
+            lengths = {len(v) for v in columns.values()}
+            if len(lengths) != 1:
+                raise InvalidInput("all input tensors must have the same length")
+            n = lengths.pop()
+            return [{name: values[i] for name, values in columns.items()} for i in range(n)]
+        instances = payload.get("instances") if isinstance(payload, dict) else None
+        if not isinstance(instances, list) or not instances:
+            raise InvalidInput('expected {"instances": [...]} with at least one instance')
+        for i, instance in enumerate(instances):
+            if not isinstance(instance, dict):
+                raise InvalidInstances([{"instance": i, "field": "instance", "message": "must be a JSON object"}])
+        return instances
+
+    @staticmethod
+    def _is_id_only(instance: dict) -> bool:
+        given = {k for k, v in instance.items() if v is not None and v != ""}
+        return given == {schema.ID}
+
+    def _stored_features(self, positions: list[int], instances: list[dict], errors: list[dict]) -> pd.DataFrame:
+        """Feature vectors of id-only instances from the online store (current feature set)."""
+        if self.feature_store is None:
+            errors.extend({"instance": i, "field": schema.ID, "message": "lookup by id is not enabled on this server"}
+                          for i in positions)
+            return pd.DataFrame()
+        version = self.feature_store.current()
+        rows, found = [], []
+        for i in positions:
+            raw_id = instances[i][schema.ID]
+            try:
+                pid = int(raw_id)
+                if pid != float(raw_id) or pid < 1:
+                    raise ValueError
+            except (TypeError, ValueError):
+                errors.append({"instance": i, "field": schema.ID, "message": f"must be a whole number >= 1, got {raw_id!r}"})
+                continue
+            stored = self.feature_store.lookup(version, pid) if version else None
+            if stored is None:
+                errors.append({"instance": i, "field": schema.ID,
+                               "message": f"no stored features for passenger {pid} in the online store"})
+                continue
+            rows.append(stored)
+            found.append(i)
+        if not rows:
+            return pd.DataFrame()
+        frame = pd.DataFrame(rows, index=found)
+        for c in self.artifacts.numeric_features:
+            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
+        for c in self.artifacts.categorical_features:
+            frame[c] = frame[c].where(frame[c].notna(), "").astype(str)
+        return frame[self.artifacts.feature_columns]
+
+    def features_of(self, payload) -> pd.DataFrame:
+        """Validated feature vectors of a request, indexed by instance position; InvalidInstances otherwise."""
+        instances = self._instances(payload)
+        id_only = [i for i, inst in enumerate(instances) if self._is_id_only(inst)]
+        raw_pos = [i for i in range(len(instances)) if i not in set(id_only)] if id_only else list(range(len(instances)))
+        errors: list[dict] = []
+        parts = []
+        if raw_pos:
+            checked = schema.validate(pd.DataFrame([instances[i] for i in raw_pos]), require_id=False)
+            for row in checked.rejected.itertuples(index=False):
+                message = row.reason.split(": ", 1)[1] if row.reason.startswith(row.field + ": ") else row.reason
+                errors.append({"instance": raw_pos[row.position], "field": row.field, "message": message})
+            if not checked.valid.empty:
+                X = features.transform(checked.valid)
+                X.index = [raw_pos[p] for p in X.index]
+                parts.append(X[self.artifacts.feature_columns])
+        if id_only:
+            stored = self._stored_features(id_only, instances, errors)
+            if not stored.empty:
+                parts.append(stored)
+        if errors:
+            raise InvalidInstances(sorted(errors, key=lambda e: e["instance"]))
+        return parts[0] if len(parts) == 1 else pd.concat(parts).sort_index()
+
+    async def preprocess(self, payload, headers=None):
+        _REQUEST_IS_V2.set(isinstance(payload, InferRequest))
+        X = self.features_of(payload)
+        if self.drift is not None:
+            self.drift.observe(X)
+        if self.predictor_config is not None and self.predictor_config.protocol == "v2":
+            inputs = []
+            for c in self.artifacts.numeric_features:
+                values = [None if v != v else v for v in X[c].tolist()]  # NaN -> null: JSON has no NaN
+                inputs.append(InferInput(c, [len(X)], "FP64", values))
+            for c in self.artifacts.categorical_features:
+                inputs.append(InferInput(c, [len(X)], "BYTES", X[c].tolist()))
+            return InferRequest(model_name=self.name, infer_inputs=inputs)
+        return {"instances": X.to_dict("records")}
+
+    # -- predictor call -------------------------------------------------------------------
+
+    async def predict(self, payload, headers=None, response_headers=None):
+        host = self.predictor_config.predictor_host if self.predictor_config else None
+        try:
+            return await super().predict(payload, headers, response_headers)
+        except httpx.TimeoutException as exc:
+            raise PredictorError(503, f"predictor {host} did not answer within "
+                                      f"{self.predictor_config.timeout}s") from exc
+        except httpx.TransportError as exc:
+            raise PredictorError(503, f"predictor {host} is unreachable: {type(exc).__name__}: {exc}") from exc
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            detail = exc.response.text[:300]
+            raise PredictorError(503 if status == 503 else 502,
+                                 f"predictor {host} answered HTTP {status}: {detail}") from exc
+
+    # -- predictor answer -> response ------------------------------------------------------
+
+    def _check_version(self, version: str | None) -> None:
+        if version and version != self.artifacts.version and version not in self._warned_versions:
+            self._warned_versions.add(version)
+            logger.warning("predictor serves model %s but drift reference is from %s", version, self.artifacts.version)
+
+    async def postprocess(self, result, headers=None, response_headers=None):
+        if isinstance(result, InferResponse):
+            outputs = {o.name: o.as_numpy().reshape(-1) for o in result.outputs}
+            survived, probability = outputs["survived"].astype(int).tolist(), outputs["probability"].astype(float).tolist()
+            version = result.model_version
+        else:
+            survived = [int(p["survived"]) for p in result["predictions"]]
+            probability = [float(p["probability"]) for p in result["predictions"]]
+            version = result.get("model_version")
+        self._check_version(version)
+        if _REQUEST_IS_V2.get():
+            n = len(survived)
+            outputs = [InferOutput("survived", [n], "INT64", survived),
+                       InferOutput("probability", [n], "FP64", probability)]
+            return InferResponse(response_id="", model_name=self.name, infer_outputs=outputs, model_version=version)
+        return {"predictions": [{"survived": s, "probability": p} for s, p in zip(survived, probability)],
+                "model_version": version}
+
+
+def error_body(errors: list[dict]) -> dict:
+    """400 body: the message lines the web app parses, plus the same errors as data."""
+    return {"error": InvalidInstances(errors).reason, "errors": errors}
+
