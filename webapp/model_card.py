@@ -87,18 +87,21 @@ def plot(settings: Settings, version: str, name: str) -> bytes | None:
         raise
 
 
-def _first(metadata: dict[str, Any], *keys: str) -> Any:
-    for key in keys:
-        if metadata.get(key):
-            return metadata[key]
-    return None
+# Headline metrics of metadata.json (pipeline.steps.train), in the order the page shows them.
+HEADLINE_METRICS = ("accuracy", "precision", "recall", "f1", "roc_auc")
 
 
 def provenance(metadata: dict[str, Any]) -> dict[str, Any]:
-    """The metadata.json entries the page names explicitly."""
+    """The metadata.json entries the page names explicitly (keys written by pipeline.steps.train)."""
+    code = metadata.get("code_version") or {}
+    if isinstance(code, dict):
+        code = " @ ".join(str(v)[:12] for v in (code.get("package"), code.get("git_commit")) if v)
+    metrics = metadata.get("metrics") or {}
     return {
-        "checksum": _first(metadata, "data_sha256", "data_checksum", "dataset_sha256"),
-        "code_version": _first(metadata, "code_version", "git_sha"),
-        "libraries": _first(metadata, "library_versions", "libraries") or {},
-        "features": _first(metadata, "features") or [],
+        "checksum": metadata.get("data_sha256"),
+        "code_version": code or None,
+        "libraries": metadata.get("library_versions") or {},
+        "features": metadata.get("feature_columns") or [],
+        "cv": (metrics.get("cv_mean"), metrics.get("cv_std")),
+        "sizes": (metrics.get("train_size"), metrics.get("holdout_size")),
     }

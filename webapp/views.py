@@ -47,7 +47,8 @@ def predict():
 @bp.get("/model")
 def model():
     card = model_card.load(current_app.config["SETTINGS"])
-    return render_template("model.html", card=card, plots=model_card.PLOTS, **model_card.provenance(card.metadata))
+    return render_template("model.html", card=card, plots=model_card.PLOTS, headline=model_card.HEADLINE_METRICS,
+                           **model_card.provenance(card.metadata))
 
 
 @bp.get("/model/<version>/plots/<name>.png")

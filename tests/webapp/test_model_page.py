@@ -42,10 +42,13 @@ def test_model_page_shows_production_version_metadata_plots_and_history(app, set
     _register(db, settings, "v2", "production", 0.84)  # v1 becomes archived
     _register(db, settings, "v3", "rejected", 0.70)
     metadata = {
-        "version": "v2", "features": ["Pclass", "Sex", "Title", "FamilySize"],
-        "params": {"n_estimators": 300, "max_depth": 8}, "metrics": {"accuracy": 0.8412, "roc_auc": 0.88},
+        "version": "v2", "feature_columns": ["Pclass", "Sex", "Title", "FamilySize"],
+        "params": {"n_estimators": 300, "max_depth": None},
+        "metrics": {"accuracy": 0.8412, "roc_auc": 0.88, "confusion_matrix": [[90, 10], [18, 61]], "cv_mean": 0.83,
+                    "cv_std": 0.012, "holdout_size": 179, "train_size": 712},
         "data_sha256": "7d118fef8b6ccf7f81111877bc388536f7b1e498a655e3d649d19aaa010e9f6f",
         "feature_set": "fs-20261126-1", "library_versions": {"scikit-learn": "1.9.1"},
+        "code_version": {"package": "0.1.0", "git_commit": "0123456789abcdef0123"},
     }
     s3_store.put_bytes(s3, settings.bucket_models, "titanic/v2/metadata.json", json.dumps(metadata).encode())
     s3_store.put_bytes(s3, settings.bucket_models, "titanic/v2/roc_curve.png", PNG, "image/png")
@@ -54,7 +57,9 @@ def test_model_page_shows_production_version_metadata_plots_and_history(app, set
     html = client.get("/model").get_data(as_text=True)
     assert 'id="production-version">v2<' in html
     assert "0.841" in html and "roc auc" in html  # metrics from metadata.json
-    assert "n_estimators" in html and ">300<" in html  # params from metadata.json
+    assert "n_estimators" in html and ">300<" in html and ">None<" in html  # params from metadata.json
+    assert "712 passengers for training, 179 held out" in html and "0.830 ± 0.012" in html
+    assert "0.1.0 @ 0123456789ab" in html
     assert metadata["data_sha256"] in html and "fs-20261126-1" in html
     assert "scikit-learn 1.9.1" in html and "FamilySize" in html
     for name in ("confusion_matrix", "roc_curve", "feature_importances"):
