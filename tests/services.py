@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ class Services:
     s3_access_key: str
     s3_secret_key: str
     s3_pid: int
+    pg_dir: str = ""
 
     @property
     def database_url(self) -> str:
@@ -74,13 +76,32 @@ def wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f}s")
 
 
+def _wait_closed(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while port and time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) != 0:
+                return
+        time.sleep(0.05)
+
+
 def _as_postgres_user() -> list[str]:
     # initdb refuses to run as root; CI and this machine run as root.
     return ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
 
 
-def _start_postgres(root: Path) -> int:
-    data, port = root / "pg", free_port()
+def _postgres_dir(root: Path) -> Path:
+    """Where the cluster lives: under `root`, or in /tmp when running as root, because the
+    postgres user may not be able to traverse root's directories (a 0700 home, pytest's tmp)."""
+    if os.geteuid() != 0:
+        return root / "pg"
+    top = Path(tempfile.mkdtemp(prefix="titanic-pg-"))
+    top.chmod(0o755)
+    return top / "pg"
+
+
+def _start_postgres(data: Path) -> int:
+    port = free_port()
     data.mkdir(parents=True)
     if os.geteuid() == 0:
         pw = pwd.getpwnam("postgres")
@@ -123,17 +144,17 @@ def _start_s3(root: Path, versitygw: str) -> tuple[int, str, str, int]:
 def up(root: Path, versitygw: str) -> Services:
     """Start all three services under `root` (which must not hold running services)."""
     root.mkdir(parents=True, exist_ok=True)
-    root.chmod(0o755)  # the postgres user must reach its data directory below
     if (root / STATE_FILE).exists():
         raise RuntimeError(f"services already running in {root}; run `make services-down` first")
     partial: dict = {"root": str(root), "pg_port": 0, "redis_port": 0, "s3_port": 0,
-                     "s3_access_key": "", "s3_secret_key": "", "s3_pid": 0}
+                     "s3_access_key": "", "s3_secret_key": "", "s3_pid": 0, "pg_dir": str(_postgres_dir(root))}
     try:
         s3_port, access, secret, s3_pid = _start_s3(root, versitygw)
         partial.update(s3_port=s3_port, s3_access_key=access, s3_secret_key=secret, s3_pid=s3_pid)
         (root / STATE_FILE).write_text(json.dumps(partial))  # so `down` can clean up a failed start
         partial["redis_port"] = _start_redis(root)
-        partial["pg_port"] = _start_postgres(root)
+        (root / STATE_FILE).write_text(json.dumps(partial))
+        partial["pg_port"] = _start_postgres(Path(partial["pg_dir"]))
     except BaseException:
         down(root)
         raise
@@ -147,8 +168,11 @@ def down(root: Path) -> None:
     state = root / STATE_FILE
     if state.exists():
         s = Services(**json.loads(state.read_text()))
-        subprocess.run([*_as_postgres_user(), PG_BIN / "pg_ctl", "-D", root / "pg", "-m", "immediate", "stop"],
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pg_dir = Path(s.pg_dir or root / "pg")
+        if pg_dir.exists():
+            subprocess.run([*_as_postgres_user(), PG_BIN / "pg_ctl", "-D", pg_dir, "-m", "immediate", "stop"],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            shutil.rmtree(pg_dir.parent if pg_dir.parent.name.startswith("titanic-pg-") else pg_dir, ignore_errors=True)
         pidfile = root / "redis" / "redis.pid"
         for pid in [s.s3_pid, int(pidfile.read_text()) if pidfile.exists() else None]:
             if pid:
@@ -156,6 +180,8 @@ def down(root: Path) -> None:
                     os.kill(pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
+        for port in (s.s3_port, s.redis_port):  # SIGTERM is asynchronous: return once they are gone
+            _wait_closed(port)
     shutil.rmtree(root, ignore_errors=True)
 
 
