@@ -19,7 +19,7 @@ TRAIN_CSV = SHARED / "data" / "titanic" / "train.csv"
 TRAIN_SHA256 = "7d118fef8b6ccf7f81111877bc388536f7b1e498a655e3d649d19aaa010e9f6f"
 VERSITYGW = os.environ.get("VERSITYGW", str(REPO / "bin" / "versitygw"))
 
-pytest_plugins = []  # fixture modules of other layers register here, e.g. "tests.fixtures.serving"
+pytest_plugins = ["tests.fixtures.training", "tests.fixtures.serving"]  # fixture modules of other layers register here, e.g. "tests.fixtures.serving"
 
 
 @pytest.fixture(scope="session")

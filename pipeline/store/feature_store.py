@@ -3,7 +3,7 @@
 Layout (every name comes from `key()`):
 
     <prefix>:fs:current                      -> version id of the current set (plain string)
-    <prefix>:fs:versions                     -> sorted set of every version ever started (score 0, ordered by id)
+    <prefix>:fs:versions                     -> sorted set of every version started, scored by start time
     <prefix>:fs:v:<version>:meta             -> JSON {"version", "columns", "ids", "rows", "created_at"}
     <prefix>:fs:v:<version>:e:<passenger_id> -> JSON array of the feature values, in `columns` order
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import logging
 import secrets
+import time
 from datetime import datetime, timezone
 
 import pandas as pd
@@ -80,8 +81,9 @@ class FeatureStore:
         if frame.index.has_duplicates:
             raise ValueError("feature frame has duplicate entity ids")
         ids = [int(i) for i in frame.index]
-        # registered before any entity key, so garbage collection also finds a build that died midway
-        self.client.zadd(key(self.prefix, "versions"), {version: 0})
+        # registered before any entity key, so garbage collection also finds a build that died midway;
+        # scored by start time because ids made within the same second do not sort by creation
+        self.client.zadd(key(self.prefix, "versions"), {version: time.time()}, nx=True)
         # NaN -> None -> JSON null (standard JSON); floats keep their exact repr
         rows = frame.astype(object).where(frame.notna(), None).to_numpy().tolist()
         pipe = self.client.pipeline(transaction=False)
@@ -115,8 +117,10 @@ class FeatureStore:
         current = self.current()
         if current is None:
             return []
-        versions = [v.decode() for v in self.client.zrange(key(self.prefix, "versions"), 0, -1)]
-        older = sorted(v for v in versions if v < current)
+        started = {v.decode(): score for v, score in self.client.zrange(key(self.prefix, "versions"), 0, -1, withscores=True)}
+        if current not in started:
+            return []
+        older = [v for v, score in started.items() if score < started[current]]  # oldest first
         complete = [v for v in older if self.client.exists(self._meta(v))]
         kept = set(complete[len(complete) - (self.keep - 1):]) if self.keep > 1 else set()
         doomed = [v for v in older if v not in kept]
@@ -142,7 +146,7 @@ class FeatureStore:
         return value.decode() if value is not None else None
 
     def versions(self) -> list[str]:
-        """Complete versions, oldest first."""
+        """Complete versions, oldest first (by start time)."""
         versions = [v.decode() for v in self.client.zrange(key(self.prefix, "versions"), 0, -1)]
         return [v for v in versions if self.client.exists(self._meta(v))]
 

@@ -1,0 +1,133 @@
+"""Train step against real Postgres, Redis and S3: artefacts, registry row, reproducibility, errors."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from pipeline import features, model, registry, schema
+from pipeline.errors import FeatureSetNotFound
+from pipeline.steps import features as features_step
+from pipeline.steps import ingest, train
+from pipeline.store import postgres
+from pipeline.store import s3 as s3_store
+from tests.conftest import REPO, TRAIN_CSV, make_settings, settings_env
+
+pytestmark = pytest.mark.integration
+
+ARTEFACTS = {"model.joblib", "metadata.json", "reference.json", "confusion_matrix.png", "roc_curve.png",
+             "feature_importances.png"}
+
+
+@pytest.fixture(scope="module")
+def built(services):
+    """An isolated deployment with train.csv ingested and one feature set built."""
+    settings = make_settings(services, "trainmod")
+    ingest.run(settings, source=str(TRAIN_CSV))
+    return settings, features_step.run(settings)["feature_set"]
+
+
+def test_training_writes_every_artefact_and_then_a_candidate_row(built):
+    settings, feature_set = built
+    result = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=7)
+    bucket, prefix = s3_store.split_uri(result["artifact_uri"])
+    names = {o.object_name.rsplit("/", 1)[1] for o in s3_store.client(settings).list_objects(bucket, prefix + "/")}
+    assert names == ARTEFACTS
+    for png in ARTEFACTS - {"model.joblib", "metadata.json", "reference.json"}:
+        assert s3_store.get_bytes(s3_store.client(settings), bucket, f"{prefix}/{png}")[:8] == b"\x89PNG\r\n\x1a\n"
+
+    conn = postgres.connect(settings)
+    try:
+        row = registry.get(conn, settings.model_name, result["version"])
+    finally:
+        conn.close()
+    assert row["status"] == "candidate"
+    assert row["feature_set"] == feature_set and row["artifact_uri"] == result["artifact_uri"]
+    assert row["metrics"]["accuracy"] == result["metrics"]["accuracy"]
+
+
+def test_metadata_and_reference(trained_model):
+    meta = trained_model.metadata
+    assert meta["version"] == trained_model.version and meta["feature_set"] == trained_model.feature_set
+    assert meta["feature_columns"] == features.FEATURE_COLUMNS
+    assert meta["numeric_features"] == features.NUMERIC_FEATURES
+    assert meta["categorical_features"] == features.CATEGORICAL_FEATURES
+    metrics = meta["metrics"]
+    for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "cv_mean", "cv_std"):
+        assert 0 <= metrics[name] <= 1, name
+    assert metrics["holdout_size"] == 179 and metrics["train_size"] == 712  # stratified 20 % of 891
+    assert np.asarray(metrics["confusion_matrix"]).sum() == 179
+    assert len(meta["holdout_ids"]) == 179
+    assert set(meta["params"]) == {k.split("__", 1)[1] for k in model.SEARCH_SPACE}
+    assert len(meta["data_sha256"]) == 64
+    assert {"scikit-learn", "pandas", "numpy", "python"} <= set(meta["library_versions"])
+    assert "package" in meta["code_version"]
+
+    ref = trained_model.reference
+    assert ref["rows"] == 712 and set(ref["features"]) == set(features.FEATURE_COLUMNS)
+    age = ref["features"]["Age"]
+    assert age["type"] == "numeric" and len(age["proportions"]) == len(age["edges"]) + 1
+    assert sum(age["proportions"]) + age["missing"] == pytest.approx(1)
+    assert 0.15 < age["missing"] < 0.25  # ~20 % of ages are unknown
+    sex = ref["features"]["Sex"]
+    assert sex["type"] == "categorical" and set(sex["proportions"]) == {"male", "female"}
+    assert sum(sex["proportions"].values()) == pytest.approx(1)
+
+
+def test_saved_pipeline_takes_raw_feature_frames(trained_model):
+    """Serving contract: model.joblib's input is features.transform output, imputation included."""
+    instance = {"Name": "Doe, Mrs. Jane", "Sex": "female", "Age": None, "Pclass": 1, "SibSp": 1, "Parch": 0,
+                "Fare": None, "Embarked": None, "Cabin": None}
+    frame = features.transform(schema.validate(pd.DataFrame([instance]), require_id=False).valid)
+    proba = trained_model.pipeline.predict_proba(frame)[0, 1]
+    assert proba > 0.5  # a first-class woman survives, even with missing age, fare and port
+
+
+def test_same_data_and_seed_give_identical_metrics_and_predictions(built):
+    settings, feature_set = built
+    first = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=11)
+    second = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=11)
+    assert first["version"] != second["version"]
+    assert first["metrics"] == second["metrics"] and first["params"] == second["params"]
+    a, b = model.load(settings, first["artifact_uri"]), model.load(settings, second["artifact_uri"])
+    X, _ = train.load_training_frame(settings, feature_set)
+    assert a.predict_proba(X).tobytes() == b.predict_proba(X).tobytes()
+    meta_a, meta_b = (model.load_json(settings, r["artifact_uri"]) for r in (first, second))
+    assert meta_a["data_sha256"] == meta_b["data_sha256"]
+    assert meta_a["holdout_ids"] == meta_b["holdout_ids"]
+
+
+def test_missing_feature_set_is_a_clear_error(settings):
+    with pytest.raises(FeatureSetNotFound, match="nope"):
+        train.run(settings, feature_set="nope")
+
+
+def test_unlabelled_feature_set_is_refused(settings, tmp_path):
+    csv = TRAIN_CSV.read_text().splitlines()
+    unlabelled = "\n".join([csv[0]] + [",".join([r.split(",", 2)[0], ""] + [r.split(",", 2)[2]]) for r in csv[1:40]])
+    path = tmp_path / "unlabelled.csv"
+    path.write_text(unlabelled + "\n")
+    ingest.run(settings, source=str(path))
+    feature_set = features_step.run(settings)["feature_set"]
+    with pytest.raises(train.NotEnoughData, match="0 labelled passengers"):
+        train.run(settings, feature_set=feature_set, n_iter=1)
+
+
+def test_cli_reports_a_missing_feature_set(settings):
+    proc = subprocess.run([sys.executable, "-m", "pipeline", "train", "--feature-set", "20000101T000000Z-000000"],
+                          env={**settings_env(settings), "PATH": "/usr/bin:/bin"}, cwd=REPO,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "error: train: feature set '20000101T000000Z-000000' does not exist" in proc.stderr
+
+
+def test_snapshot_of_the_feature_set_matches_what_training_read(built):
+    settings, feature_set = built
+    X, y = train.load_training_frame(settings, feature_set)
+    snapshot = features_step.read_snapshot(settings, feature_set)
+    pd.testing.assert_frame_equal(snapshot[features.FEATURE_COLUMNS], X, check_names=False)
+    assert (snapshot[schema.LABEL].astype(int) == y).all()
