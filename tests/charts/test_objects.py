@@ -252,7 +252,7 @@ def test_monitoring_slots(objects):
     rule = helm.one(objects, "PrometheusRule", "titanic")
     alerts = {r.get("alert") for g in rule["spec"]["groups"] for r in g["rules"]}
     assert "TitanicFeatureDrift" in alerts
-    tuned = helm.one(helm.render("--set", "prometheusRule.driftPsiThreshold=0.35"), "PrometheusRule", "titanic")
+    tuned = helm.one(helm.render("--set-json", "prometheusRule.driftPsiThreshold=0.35"), "PrometheusRule", "titanic")
     assert "0.35" in json.dumps(tuned["spec"])
 
 
