@@ -87,3 +87,17 @@ def test_model_page_when_registry_is_unreachable(settings):
     response = create_app({"SETTINGS": broken}).test_client().get("/model")
     assert response.status_code == 200
     assert "model registry (Postgres) cannot be read" in response.get_data(as_text=True)
+
+
+def test_model_page_of_a_real_training_run(trained_model):
+    """The folder and registry rows exactly as the train/evaluate/deploy steps wrote them."""
+    settings = trained_model.settings.model_copy(update={"kserve_url": closed_port_url()})
+    client = create_app({"SETTINGS": settings}).test_client()
+    html = client.get("/model").get_data(as_text=True)
+    assert trained_model.status == "production"
+    assert f'id="production-version">{trained_model.version}<' in html
+    assert trained_model.metadata["data_sha256"] in html and trained_model.feature_set in html
+    assert f"{trained_model.metadata['metrics']['accuracy']:.3f}" in html
+    for name in ("confusion_matrix", "roc_curve", "feature_importances"):
+        plot = client.get(f"/model/{trained_model.version}/plots/{name}.png")
+        assert plot.status_code == 200 and plot.data.startswith(b"\x89PNG"), name
