@@ -1,0 +1,100 @@
+"""The web app against the real KServe transformer + predictor processes (serving fixture)."""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pandas as pd
+import pytest
+from prometheus_client import REGISTRY
+
+from pipeline import features
+from tests.conftest import TRAIN_CSV
+from webapp import api, views
+from webapp.passenger import FIELDS
+
+from .conftest import VALID, make_app
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def app(model_server):
+    return make_app(model_server.transformer_url)
+
+
+def _passengers(n: int) -> list[dict]:
+    frame = pd.read_csv(TRAIN_CSV).sample(n=n, random_state=7)[list(FIELDS)]
+    frame = frame.astype(object).where(frame.notna(), None)
+    rows = frame.to_dict("records")
+    rows.append({**VALID, "Age": None, "Fare": None, "Embarked": None, "Cabin": None})  # unknowns imputed
+    return rows
+
+
+def _expected(model_server, instances: list[dict]) -> np.ndarray:
+    """The model's own predict_proba on the same raw passengers (the training feature code)."""
+    x = features.transform(pd.DataFrame(instances, columns=list(FIELDS)))
+    return model_server.model.predict_proba(x)[:, 1]
+
+
+def test_api_predictions_match_the_models_predict_proba(app, model_server):
+    instances = _passengers(30)
+    response = app.test_client().post("/api/predict", json=instances)
+    assert response.status_code == 200, response.json
+    body = response.json
+    assert body["model_version"] == model_server.model_version
+    got = np.array([p["probability"] for p in body["predictions"]])
+    expected = _expected(model_server, instances)
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+    decided = np.abs(expected - 0.5) > 1e-5  # ONNX and sklearn may split an exact 0.5 tie differently
+    assert all(p["survived"] == int(e > 0.5) for p, e, d in zip(body["predictions"], expected, decided) if d)
+
+
+def test_api_accepts_one_passenger_object(app, model_server):
+    response = app.test_client().post("/api/predict", json=VALID)
+    assert response.status_code == 200
+    (prediction,) = response.json["predictions"]
+    assert prediction["probability"] == pytest.approx(float(_expected(model_server, [VALID])[0]), abs=1e-5)
+
+
+def test_form_shows_outcome_probability_and_version_and_counts_it(app, model_server):
+    expected = float(_expected(model_server, [VALID])[0])
+    outcome = "survived" if expected > 0.5 else "died"
+    before = REGISTRY.get_sample_value("titanic_web_predictions_total", {"outcome": outcome}) or 0
+    response = app.test_client().post("/", data={k: str(v) for k, v in VALID.items()})
+    assert response.status_code == 200
+    html = response.get_data(as_text=True)
+    assert f'data-survived="{int(expected > 0.5)}"' in html
+    assert re.search(r'id="result-label">(Survived|Did not survive)<', html)
+    assert f'id="result-probability">{expected * 100:.1f}%<' in html
+    assert f'id="result-version">{model_server.model_version}<' in html
+    assert REGISTRY.get_sample_value("titanic_web_predictions_total", {"outcome": outcome}) == before + 1
+
+
+def test_readyz_when_the_model_is_loaded(app):
+    response = app.test_client().get("/readyz")
+    assert response.status_code == 200 and response.json == {"ready": True, "kserve": "ready"}
+
+
+def _no_local_validation(raw, instance=0):
+    """Pass values through unchecked, so the transformer's own 400 is what the user sees."""
+    return {f: raw.get(f) for f in FIELDS}, []
+
+
+def test_transformer_field_errors_are_shown_next_to_the_field(app, monkeypatch):
+    monkeypatch.setattr(views, "validate_form", lambda form: _no_local_validation(form))
+    before = REGISTRY.get_sample_value("titanic_web_inference_errors_total", {"reason": "rejected"}) or 0
+    response = app.test_client().post("/", data={**{k: str(v) for k, v in VALID.items()}, "Age": "very old"})
+    assert response.status_code == 400
+    html = response.get_data(as_text=True)
+    assert re.search(r'data-error-for="Age">.*?<span>[^<]*\S[^<]*</span>', html, re.DOTALL), html[-3000:]
+    assert REGISTRY.get_sample_value("titanic_web_inference_errors_total", {"reason": "rejected"}) == before + 1
+
+
+def test_transformer_field_errors_in_the_api_name_instance_and_field(app, monkeypatch):
+    monkeypatch.setattr(api, "validate", _no_local_validation)
+    response = app.test_client().post("/api/predict", json=[VALID, {**VALID, "Pclass": 7}])
+    assert response.status_code == 400
+    errors = response.json["errors"]
+    assert {"instance": 1, "field": "Pclass"} in [{k: e[k] for k in ("instance", "field")} for e in errors]
