@@ -1,0 +1,261 @@
+# Cluster: the kind cluster, the upstream platform (Helm), the project images and chart. Included by the Makefile.
+# Every step is idempotent: `make cluster-up` can be re-run at any point and converges.
+
+KIND_CLUSTER ?= titanic## name of the kind cluster
+KUBE_CONTEXT ?= kind-$(KIND_CLUSTER)## kubeconfig context every cluster command uses
+OBJECT_STORE ?= seaweedfs## S3 storage: seaweedfs (default) or minio (last community image, archived upstream)
+CLUSTER_BUILD ?= $(CURDIR)/build/cluster## generated files of cluster-up (credentials values, image archives); never committed
+WAIT_TIMEOUT ?= 600s## how long each install step waits for its pods
+ISVC_TIMEOUT ?= 1200s## how long cluster-up waits for the InferenceService after the first training run
+GRAFANA_PORT ?= 3000## local port of `make grafana`
+AIRFLOW_PORT ?= 8080## local port of `make airflow`
+S3_CONSOLE_PORT ?= 8333## local port of `make s3-console`
+
+KUBECTL_BIN := $(LOCALBIN)/kubectl
+KUBECTL = $(KUBECTL_BIN) --context $(KUBE_CONTEXT)
+HELM_UP = $(HELM) --kube-context $(KUBE_CONTEXT) upgrade --install --wait --timeout $(WAIT_TIMEOUT)
+VALUES := $(CURDIR)/charts/values
+PROJECT_IMAGES := titanic-pipeline titanic-model-server titanic-webapp titanic-airflow
+
+ifeq ($(OBJECT_STORE),minio)
+S3_SERVICE := minio## S3 host of the chosen object store, and its console
+S3_ENDPOINT_IN_CLUSTER := minio.data.svc.cluster.local:9000
+S3_CONSOLE := svc/minio $(S3_CONSOLE_PORT):9001
+else
+S3_SERVICE := seaweedfs
+S3_ENDPOINT_IN_CLUSTER := seaweedfs-all-in-one.data.svc.cluster.local:8333
+S3_CONSOLE := svc/seaweedfs-all-in-one $(S3_CONSOLE_PORT):8333
+endif
+
+# secret-get NAMESPACE NAME KEY: a value of an existing Secret (empty when absent), so re-runs reuse credentials.
+secret-get = $$($(KUBECTL) -n $(1) get secret $(2) -o jsonpath='{.data.$(3)}' 2>/dev/null | base64 -d)
+# A new random credential (hex: safe in URLs and connection strings).
+random = $$(openssl rand -hex $(1))
+# apply-secret NAMESPACE NAME ARGS: create or update a generic Secret from --from-literal ARGS.
+apply-secret = $(KUBECTL) -n $(1) create secret generic $(2) $(3) --dry-run=client -o yaml | $(KUBECTL) apply -f - >/dev/null
+
+##@ Cluster
+
+.PHONY: cluster-up
+cluster-up: ## Create the kind cluster and install everything: platform, images, project chart, dataset, first model.
+	$(MAKE) --no-print-directory cluster-create
+	$(MAKE) --no-print-directory cert-manager
+	$(MAKE) --no-print-directory ingress
+	$(MAKE) --no-print-directory kserve
+	$(MAKE) --no-print-directory credentials
+	$(MAKE) --no-print-directory postgres
+	$(MAKE) --no-print-directory redis
+	$(MAKE) --no-print-directory object-store
+	$(MAKE) --no-print-directory monitoring
+	$(MAKE) --no-print-directory airflow-install
+	$(MAKE) --no-print-directory images
+	$(MAKE) --no-print-directory load
+	$(MAKE) --no-print-directory deploy
+	$(MAKE) --no-print-directory dataset
+	$(MAKE) --no-print-directory first-model
+	$(MAKE) --no-print-directory urls
+
+.PHONY: cluster-down
+cluster-down: kind ## Delete the kind cluster (and everything in it).
+	$(KIND) delete cluster --name $(KIND_CLUSTER)
+
+.PHONY: cluster-create
+cluster-create: kind kubectl helm ## Create the kind cluster from kind-config.yaml unless it exists, and the namespaces.
+	@command -v docker >/dev/null || { echo "Docker is required (see README: Running the platform)" >&2; exit 1; }
+	if ! $(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then \
+	  $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --image $(KIND_NODE_IMAGE) --wait 180s; fi
+	$(KUBECTL) apply -f manifests/namespaces.yaml
+
+.PHONY: cert-manager
+cert-manager: ## Install cert-manager (KServe's webhook certificates).
+	$(HELM_UP) cert-manager cert-manager --repo https://charts.jetstack.io --version $(CERT_MANAGER_CHART_VERSION) \
+	  -n cert-manager --create-namespace -f $(VALUES)/cert-manager.yaml
+
+.PHONY: ingress
+ingress: ## Install Traefik, the ingress controller on host ports 80/443.
+	$(HELM_UP) traefik traefik --repo https://traefik.github.io/charts --version $(TRAEFIK_CHART_VERSION) \
+	  -n traefik --create-namespace -f $(VALUES)/traefik.yaml
+
+.PHONY: kserve
+kserve: ## Install the KServe CRDs and controller in Standard (raw Deployment) mode.
+	$(HELM_UP) kserve-crd oci://ghcr.io/kserve/charts/kserve-crd --version $(KSERVE_CHART_VERSION) -n kserve --create-namespace
+	$(HELM_UP) kserve-resources oci://ghcr.io/kserve/charts/kserve-resources --version $(KSERVE_CHART_VERSION) \
+	  -n kserve -f $(VALUES)/kserve-resources.yaml
+
+# Generated once, kept in the cluster (the Secrets below are the source of truth), reused on every re-run: Postgres roles, S3 keys, Airflow secrets, the
+# Alertmanager webhook token. The project chart gets the same values through $(CLUSTER_BUILD)/credentials.yaml.
+.PHONY: credentials
+credentials: ## Generate the platform's credentials as Secrets (only those missing) and the chart's credentials values.
+	@mkdir -p $(CLUSTER_BUILD) && chmod 700 $(CLUSTER_BUILD)
+	@pg=$(call secret-get,data,pg-titanic,password); pg=$${pg:-$(call random,24)}; \
+	pga=$(call secret-get,data,pg-airflow,password); pga=$${pga:-$(call random,24)}; \
+	ak=$(call secret-get,data,minio-root,MINIO_ROOT_USER); ak=$${ak:-$(call random,10)}; \
+	sk=$(call secret-get,data,minio-root,MINIO_ROOT_PASSWORD); sk=$${sk:-$(call random,20)}; \
+	ap=$(call secret-get,airflow,airflow-admin,password); ap=$${ap:-$(call random,16)}; \
+	tok=$(call secret-get,monitoring,titanic-alertmanager-token,token); tok=$${tok:-$(call random,24)}; \
+	fernet=$(call secret-get,airflow,airflow-fernet,fernet-key); fernet=$${fernet:-$$(openssl rand -base64 32 | tr '+/' '-_')}; \
+	api=$(call secret-get,airflow,airflow-api-secret,api-secret-key); api=$${api:-$(call random,24)}; \
+	jwt=$(call secret-get,airflow,airflow-jwt,jwt-secret); jwt=$${jwt:-$(call random,32)}; \
+	$(call apply-secret,data,pg-titanic,--type=kubernetes.io/basic-auth --from-literal=username=titanic --from-literal=password=$$pg); \
+	$(call apply-secret,data,pg-airflow,--type=kubernetes.io/basic-auth --from-literal=username=airflow --from-literal=password=$$pga); \
+	s3conf='{"identities":[{"name":"titanic","credentials":[{"accessKey":"'"$$ak"'","secretKey":"'"$$sk"'"}],"actions":["Admin","Read","Write","List","Tagging"]}]}'; \
+	$(call apply-secret,data,seaweedfs-s3-config,--from-literal=seaweedfs_s3_config="$$s3conf"); \
+	$(call apply-secret,data,minio-root,--from-literal=MINIO_ROOT_USER=$$ak --from-literal=MINIO_ROOT_PASSWORD=$$sk); \
+	$(call apply-secret,airflow,airflow-metadata,--from-literal=connection=postgresql://airflow:$$pga@pg-rw.data.svc.cluster.local:5432/airflow); \
+	$(call apply-secret,airflow,airflow-fernet,--from-literal=fernet-key=$$fernet); \
+	$(call apply-secret,airflow,airflow-api-secret,--from-literal=api-secret-key=$$api); \
+	$(call apply-secret,airflow,airflow-jwt,--from-literal=jwt-secret=$$jwt); \
+	$(call apply-secret,airflow,airflow-admin,--from-literal=username=admin --from-literal=password=$$ap); \
+	$(call apply-secret,monitoring,titanic-alertmanager-token,--from-literal=token=$$tok); \
+	umask 077; printf 'credentials:\n  databasePassword: "%s"\n  s3AccessKey: "%s"\n  s3SecretKey: "%s"\n  airflowPassword: "%s"\n  alertmanagerToken: "%s"\n' \
+	  "$$pg" "$$ak" "$$sk" "$$ap" "$$tok" > $(CLUSTER_BUILD)/credentials.yaml; \
+	echo "credentials ready (Secrets in data, airflow, monitoring; chart values in $(CLUSTER_BUILD)/credentials.yaml)"
+
+.PHONY: postgres
+postgres: ## Install the CloudNativePG operator and the Postgres Cluster "pg" (databases titanic and airflow).
+	$(HELM_UP) cnpg cloudnative-pg --repo https://cloudnative-pg.github.io/charts --version $(CNPG_CHART_VERSION) \
+	  -n cnpg-system --create-namespace -f $(VALUES)/cloudnative-pg.yaml
+	$(KUBECTL) apply -f manifests/postgres-cluster.yaml
+	$(KUBECTL) -n data wait cluster/pg --for=condition=Ready --timeout=$(WAIT_TIMEOUT)
+
+.PHONY: redis
+redis: ## Install Valkey (official chart and image; Redis protocol) for the online feature store.
+	$(HELM_UP) valkey valkey --repo https://valkey.io/valkey-helm/ --version $(VALKEY_CHART_VERSION) \
+	  -n data -f $(VALUES)/valkey.yaml
+
+.PHONY: object-store
+object-store: ## Install the S3 storage: SeaweedFS (default) or OBJECT_STORE=minio.
+ifeq ($(OBJECT_STORE),minio)
+	@echo "OBJECT_STORE=minio: the MinIO community edition is archived upstream; this image gets no security fixes." >&2
+	$(KUBECTL) apply -f manifests/minio.yaml
+	$(KUBECTL) -n data rollout status deploy/minio --timeout=$(WAIT_TIMEOUT)
+else
+	$(HELM_UP) seaweedfs seaweedfs --repo https://seaweedfs.github.io/seaweedfs/helm --version $(SEAWEEDFS_CHART_VERSION) \
+	  -n data -f $(VALUES)/seaweedfs.yaml
+endif
+
+.PHONY: monitoring
+monitoring: ## Install kube-prometheus-stack (Prometheus, Alertmanager -> web app webhook, Grafana).
+	$(HELM_UP) monitoring kube-prometheus-stack --repo https://prometheus-community.github.io/helm-charts \
+	  --version $(KPS_CHART_VERSION) -n monitoring -f $(VALUES)/kube-prometheus-stack.yaml
+
+.PHONY: airflow-install
+airflow-install: ## Install Airflow (official chart, LocalExecutor, the titanic-airflow image, CNPG database).
+	$(MAKE) --no-print-directory airflow-image
+	$(MAKE) --no-print-directory load LOAD_IMAGES=titanic-airflow
+	$(HELM_UP) airflow airflow --repo https://airflow.apache.org --version $(AIRFLOW_CHART_VERSION) -n airflow \
+	  -f $(VALUES)/airflow.yaml --set defaultAirflowTag=$(IMG_TAG) --set airflowVersion=$(AIRFLOW_VERSION) \
+	  --set-string webserver.defaultUser.password="$(call secret-get,airflow,airflow-admin,password)"
+
+##@ Deploy
+
+.PHONY: images
+images: ## Build the project images (pipeline, model server, web app, Airflow) tagged $(IMG_TAG).
+	$(MAKE) --no-print-directory pipeline-image
+	docker build -f images/model-server/Dockerfile -t titanic-model-server:$(IMG_TAG) \
+	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) .
+	$(MAKE) --no-print-directory webapp-image
+	$(MAKE) --no-print-directory airflow-image
+
+LOAD_IMAGES ?= $(PROJECT_IMAGES)## images `make load` copies into the kind node
+.PHONY: load
+load: kind ## Copy the project images into the kind node (docker save | kind load image-archive: works with containerd stores).
+	@mkdir -p $(CLUSTER_BUILD)
+	for img in $(LOAD_IMAGES); do \
+	  docker save --platform linux/$$(docker version -f '{{.Server.Arch}}') -o $(CLUSTER_BUILD)/$$img.tar $$img:$(IMG_TAG); \
+	  $(KIND) load image-archive $(CLUSTER_BUILD)/$$img.tar --name $(KIND_CLUSTER); \
+	  rm -f $(CLUSTER_BUILD)/$$img.tar; done
+
+.PHONY: deploy
+deploy: helm ## Install or upgrade the project chart (release titanic in mlops); keeps the served model version.
+	$(HELM_UP) titanic charts/titanic -n mlops -f $(CLUSTER_BUILD)/credentials.yaml \
+	  --set image.tag=$(IMG_TAG) --set config.s3Endpoint=$(S3_ENDPOINT_IN_CLUSTER) \
+	  --set config.datasetSha256=$(DATASET_SHA256)
+
+# The CSV is downloaded on the laptop, checked against DATASET_SHA256, and streamed into a one-off pod of the
+# pipeline image that checks it again and writes it to s3://raw/titanic/train.csv with the project's settings.
+DATASET_CACHE := $(CURDIR)/.cache/titanic-train.csv
+UPLOAD_OVERRIDES = {"spec":{"restartPolicy":"Never","automountServiceAccountToken":false,\
+"securityContext":{"runAsNonRoot":true,"runAsUser":1000,"seccompProfile":{"type":"RuntimeDefault"}},\
+"containers":[{"name":"upload","image":"titanic-pipeline:$(IMG_TAG)","imagePullPolicy":"IfNotPresent","stdin":true,"stdinOnce":true,\
+"command":["python","-c","import hashlib,io,sys;from minio import Minio;from pipeline.settings import Settings;s=Settings();d=sys.stdin.buffer.read();assert hashlib.sha256(d).hexdigest()==s.dataset_sha256;c=Minio(s.s3_endpoint,access_key=s.s3_access_key,secret_key=s.s3_secret_key,secure=s.s3_secure,region=s.s3_region);c.put_object(s.bucket_raw,s.dataset_url.split(chr(47),3)[3],io.BytesIO(d),len(d));print(len(d),s.dataset_url)"],\
+"envFrom":[{"configMapRef":{"name":"titanic-config"}},{"secretRef":{"name":"titanic-secrets"}}],\
+"resources":{"requests":{"cpu":"50m","memory":"128Mi"},"limits":{"memory":"256Mi"}},\
+"securityContext":{"allowPrivilegeEscalation":false,"readOnlyRootFilesystem":true,"capabilities":{"drop":["ALL"]}}}]}}
+
+.PHONY: dataset
+dataset: ## Download the dataset (sha256-checked) and upload it to s3://raw/titanic/train.csv.
+	@mkdir -p $(dir $(DATASET_CACHE))
+	[ -f $(DATASET_CACHE) ] || curl -fsSL "$(DATASET_URL)" -o $(DATASET_CACHE)
+	echo "$(DATASET_SHA256)  $(DATASET_CACHE)" | sha256sum -c -
+	$(KUBECTL) -n mlops delete pod dataset-upload --ignore-not-found
+	$(KUBECTL) -n mlops run dataset-upload -i --rm --restart=Never --image=titanic-pipeline:$(IMG_TAG) \
+	  --overrides='$(UPLOAD_OVERRIDES)' < $(DATASET_CACHE)
+
+.PHONY: first-model
+first-model: ## Run titanic_training once (make train) and wait until the InferenceService serves the model.
+	$(MAKE) --no-print-directory train KUBECTL="$(KUBECTL)"
+	$(KUBECTL) -n mlops wait inferenceservice/titanic --for=condition=Ready --timeout=$(ISVC_TIMEOUT)
+
+.PHONY: urls
+urls: ## Print where everything is reached and how to get the credentials.
+	@echo ""
+	@echo "Titanic MLOps is up (kind cluster $(KIND_CLUSTER), context $(KUBE_CONTEXT))."
+	@echo "  Web UI          http://titanic.localhost/   (Traefik ingress on 127.0.0.1:80)"
+	@echo "  Airflow UI      make airflow     -> http://127.0.0.1:$(AIRFLOW_PORT)/  user admin, password: make credentials-show"
+	@echo "  Grafana         make grafana     -> http://127.0.0.1:$(GRAFANA_PORT)/  user admin, password printed by the target"
+	@echo "  S3 ($(S3_SERVICE))  make s3-console  -> http://127.0.0.1:$(S3_CONSOLE_PORT)/  keys: make credentials-show"
+	@echo "  Prometheus      $(KUBECTL) -n monitoring port-forward svc/kps-prometheus 9090:9090"
+	@echo "  Model           $(KUBECTL) -n mlops port-forward svc/titanic-transformer 8081:80"
+	@echo "  Retrain         make train        Status: make status        Logs: make logs"
+
+.PHONY: credentials-show
+credentials-show: kubectl ## Print the generated credentials of the project (Airflow, S3, Postgres).
+	@echo "AIRFLOW admin / $(call secret-get,mlops,titanic-secrets,AIRFLOW_PASSWORD)"
+	@echo "S3 access key $(call secret-get,mlops,titanic-secrets,S3_ACCESS_KEY) secret key $(call secret-get,mlops,titanic-secrets,S3_SECRET_KEY)"
+	@echo "DATABASE_URL $(call secret-get,mlops,titanic-secrets,DATABASE_URL)"
+
+.PHONY: status
+status: kubectl ## Show the platform's pods, the InferenceService and the Helm releases.
+	$(KUBECTL) get pods -A -o wide
+	$(KUBECTL) -n mlops get inferenceservice,ingress
+	$(HELM) --kube-context $(KUBE_CONTEXT) list -A
+
+.PHONY: logs
+logs: kubectl ## Tail the logs of the web app, the predictor and the transformer.
+	$(KUBECTL) -n mlops logs deploy/titanic-webapp --tail=50
+	$(KUBECTL) -n mlops logs -l serving.kserve.io/inferenceservice=titanic -c kserve-container --tail=50 --prefix
+
+.PHONY: grafana
+grafana: kubectl ## Port-forward Grafana to localhost:$(GRAFANA_PORT) (prints the admin password).
+	@echo "Grafana: http://127.0.0.1:$(GRAFANA_PORT)/  admin / $(call secret-get,monitoring,monitoring-grafana,admin-password)"
+	$(KUBECTL) -n monitoring port-forward svc/monitoring-grafana $(GRAFANA_PORT):80
+
+.PHONY: airflow
+airflow: kubectl ## Port-forward the Airflow UI/API to localhost:$(AIRFLOW_PORT).
+	@echo "Airflow: http://127.0.0.1:$(AIRFLOW_PORT)/  admin / $(call secret-get,mlops,titanic-secrets,AIRFLOW_PASSWORD)"
+	$(KUBECTL) -n airflow port-forward svc/airflow-api-server $(AIRFLOW_PORT):8080
+
+.PHONY: s3-console
+s3-console: kubectl ## Port-forward the S3 store (SeaweedFS S3 API / MinIO console) to localhost:$(S3_CONSOLE_PORT).
+	$(KUBECTL) -n data port-forward $(S3_CONSOLE)
+
+##@ Test
+
+.PHONY: lint-charts
+lint-charts: venv tools ## Lint and validate the charts offline: helm lint, kubeconform -strict, kube-score, object assertions.
+	$(VENV)/bin/pytest tests/charts $(PYTEST_ARGS)
+
+.PHONY: test-e2e
+test-e2e: venv ## Run tests/e2e against the cluster of `make cluster-up` (skipped when none is reachable).
+	KUBE_CONTEXT=$(KUBE_CONTEXT) KUBECTL=$(KUBECTL_BIN) $(VENV)/bin/pytest tests/e2e -m cluster $(PYTEST_ARGS)
+
+##@ Dependencies
+
+.PHONY: kubectl
+kubectl: ## kubectl client (release binary from dl.k8s.io, KUBECTL_VERSION).
+	@[ -x "$(KUBECTL_BIN)-$(KUBECTL_VERSION)" ] || { mkdir -p $(LOCALBIN); \
+	  os=$$(uname -s | tr A-Z a-z); arch=$$(uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/'); \
+	  curl -fsSL -o $(KUBECTL_BIN)-$(KUBECTL_VERSION) https://dl.k8s.io/release/$(KUBECTL_VERSION)/bin/$$os/$$arch/kubectl; \
+	  chmod +x $(KUBECTL_BIN)-$(KUBECTL_VERSION); }
+	@ln -sf kubectl-$(KUBECTL_VERSION) $(KUBECTL_BIN)
