@@ -1,0 +1,207 @@
+"""The platform around the chart: upstream values files, plain manifests, kind-config.yaml and `make cluster-up`."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+
+import pytest
+import yaml
+
+from tests.charts import helm
+
+PINS = helm.versions()
+VALUES_FILES = sorted(helm.UPSTREAM_VALUES.glob("*.yaml"))
+MANIFEST_FILES = sorted(helm.MANIFESTS.glob("*.yaml"))
+GiB = 2**30
+# Pods of the kind node itself (requests of the kubeadm/kind defaults): etcd 100Mi, apiserver 0, CoreDNS 2x70Mi,
+# kindnet 50Mi, kube-proxy 0, local-path 0; the controller-manager and scheduler request no memory.
+KIND_SYSTEM_REQUESTS = (100 + 2 * 70 + 50) * 2**20
+
+
+def load(path):
+    return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
+
+
+def walk(node, path=()):
+    """Every (path, value) in a YAML tree."""
+    yield path, node
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from walk(value, path + (str(key),))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            yield from walk(value, path + (str(i),))
+
+
+@pytest.mark.parametrize("path", VALUES_FILES + MANIFEST_FILES, ids=lambda p: p.name)
+def test_parses_and_sets_resources(path):
+    docs = load(path)
+    assert docs
+    requests = [v for p, v in walk(docs) if p[-2:] == ("requests", "memory")]
+    if path.name != "namespaces.yaml":
+        assert requests, f"{path.name} sets no memory requests: upstream defaults do not fit a laptop"
+
+
+def test_no_bitnami_anywhere():
+    for path in [*VALUES_FILES, *MANIFEST_FILES, *helm.CHART.rglob("*.yaml"), helm.REPO / "make" / "cluster.mk"]:
+        assert "bitnami" not in path.read_text().lower(), path
+
+
+def test_images_are_pinned():
+    """Every image named in values files and manifests carries a fixed tag (no latest, no floating default)."""
+    for path in [*VALUES_FILES, *MANIFEST_FILES]:
+        for p, value in walk(load(path)):
+            if p and p[-1] == "image" and isinstance(value, str):
+                assert re.search(r":[\w.-]+$", value) and not value.endswith(":latest"), (path.name, value)
+            if p and p[-1] == "tag":
+                assert value and value != "latest", (path.name, p)
+
+
+def test_manifest_images_match_versions_env():
+    minio = [o for o in load(helm.MANIFESTS / "minio.yaml") if o["kind"] == "Deployment"][0]
+    assert minio["spec"]["template"]["spec"]["containers"][0]["image"] == PINS["MINIO_IMAGE"]
+    pg = load(helm.MANIFESTS / "postgres-cluster.yaml")[0]
+    assert pg["spec"]["imageName"] == PINS["POSTGRES_IMAGE"] and pg["spec"]["instances"] == 1
+
+
+def test_manifests_validate_offline(tmp_path):
+    manifest = tmp_path / "manifests.yaml"
+    manifest.write_text(yaml.safe_dump_all([o for p in MANIFEST_FILES for o in load(p)]))
+    report = json.loads(helm.kubeconform(manifest).stdout)
+    assert report["summary"]["invalid"] == report["summary"]["errors"] == report["summary"]["skipped"] == 0, report
+
+
+def values(name):
+    return load(helm.UPSTREAM_VALUES / name)[0]
+
+
+def test_kube_prometheus_stack_values():
+    kps = values("kube-prometheus-stack.yaml")
+    assert kps["fullnameOverride"] == "kps"
+    spec = kps["prometheus"]["prometheusSpec"]
+    for selector in ("serviceMonitor", "podMonitor", "rule"):
+        assert spec[f"{selector}SelectorNilUsesHelmValues"] is False
+    for target in ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy"):
+        assert kps[target]["enabled"] is False
+    config = kps["alertmanager"]["config"]
+    receivers = {r["name"]: r for r in config["receivers"]}
+    assert config["route"]["receiver"] == "null" and "null" in receivers
+    route = [r for r in config["route"]["routes"] if r["receiver"] == "titanic-retrain"][0]
+    assert route["matchers"] == ['alertname="TitanicFeatureDrift"']
+    hook = receivers["titanic-retrain"]["webhook_configs"][0]
+    assert hook["url"] == "http://titanic-webapp.mlops.svc.cluster.local/hooks/alertmanager"
+    secret = kps["alertmanager"]["alertmanagerSpec"]["secrets"][0]
+    # The operator mounts each listed Secret at /etc/alertmanager/secrets/<name>/; make credentials writes key "token".
+    assert hook["http_config"]["authorization"]["credentials_file"] == f"/etc/alertmanager/secrets/{secret}/token"
+    assert f"{secret},--from-literal=token=" in (helm.REPO / "make" / "cluster.mk").read_text()
+    sidecar = kps["grafana"]["sidecar"]["dashboards"]
+    assert (sidecar["label"], sidecar["labelValue"], sidecar["searchNamespace"]) == ("grafana_dashboard", "1", "ALL")
+
+
+def test_kserve_values():
+    kserve = values("kserve-resources.yaml")["kserve"]
+    assert kserve["controller"]["deploymentMode"] == "Standard"
+    assert kserve["controller"]["gateway"]["ingressGateway"]["className"] == "traefik"
+    # KServe's default of 2Gi per component must be overridden.
+    assert helm.memory_bytes(kserve["inferenceservice"]["resources"]["requests"]["memory"]) <= 256 * 2**20
+
+
+def test_airflow_values():
+    airflow = values("airflow.yaml")
+    assert airflow["executor"] == "LocalExecutor"
+    assert airflow["defaultAirflowRepository"] == "titanic-airflow"
+    assert airflow["defaultAirflowTag"] == PINS["IMG_TAG"] and airflow["airflowVersion"] == PINS["AIRFLOW_VERSION"]
+    assert airflow["postgresql"]["enabled"] is False and airflow["redis"]["enabled"] is False
+    assert airflow["data"]["metadataSecretName"] == "airflow-metadata"
+    assert airflow["workers"]["persistence"]["enabled"] is False
+    assert airflow["dags"]["persistence"]["enabled"] is False and airflow["dags"]["gitSync"]["enabled"] is False
+    assert not [p for p, _ in walk(airflow) if p and p[-1] in ("extraVolumes", "extraVolumeMounts")]
+    # The project chart binds this ServiceAccount to its pod-launcher Role.
+    chart_values = yaml.safe_load((helm.CHART / "values.yaml").read_text())
+    assert airflow["scheduler"]["serviceAccount"]["name"] == chart_values["airflow"]["serviceAccount"]
+
+
+def test_data_service_values():
+    seaweed = values("seaweedfs.yaml")
+    assert seaweed["allInOne"]["enabled"] and not seaweed["master"]["enabled"]
+    assert seaweed["allInOne"]["s3"]["existingConfigSecret"] == "seaweedfs-s3-config"
+    valkey = values("valkey.yaml")
+    assert valkey["image"]["repository"] == "docker.io/valkey/valkey"
+    traefik = values("traefik.yaml")
+    assert traefik["ports"]["web"]["hostPort"] == 80 and traefik["ports"]["websecure"]["hostPort"] == 443
+    assert traefik["nodeSelector"] == {"ingress-ready": "true"}
+
+
+def test_kind_config():
+    config = load(helm.REPO / "kind-config.yaml")[0]
+    (node,) = config["nodes"]
+    assert node["image"] == PINS["KIND_NODE_IMAGE"] and "@sha256:" in node["image"]
+    assert node["labels"] == {"ingress-ready": "true"}
+    assert {(m["containerPort"], m["hostPort"]) for m in node["extraPortMappings"]} == {(80, 80), (443, 443)}
+
+
+def test_chart_versions_are_pinned_in_versions_env():
+    text = (helm.REPO / "make" / "cluster.mk").read_text()
+    for pin in re.findall(r"--version \$\((\w+)\)", text):
+        assert PINS.get(pin), pin
+
+
+def make(*args: str) -> str:
+    return subprocess.run(["make", "--no-print-directory", *args], cwd=helm.REPO, check=True,
+                          capture_output=True, text=True).stdout
+
+
+def test_cluster_up_sequence():
+    """`make -n cluster-up` shows every step, in the order of the issue."""
+    out = make("-n", "cluster-up")
+    steps = [
+        "kind create cluster", "cert-manager --repo", "traefik --repo", "kserve-crd oci://", "kserve-resources oci://",
+        "cloudnative-pg --repo", "manifests/postgres-cluster.yaml", "valkey --repo", "seaweedfs --repo",
+        "kube-prometheus-stack --repo", "airflow --repo", "titanic-model-server:", "kind load image-archive",
+        "titanic charts/titanic", "sha256sum -c", "run dataset-upload", "dags trigger titanic_training",
+        "wait inferenceservice/titanic", "http://titanic.localhost/",
+    ]
+    position = 0
+    for step in steps:
+        found = out.find(step, position)
+        assert found != -1, f"{step!r} missing or out of order in make -n cluster-up"
+        position = found
+    assert "if ! " in out and "kind get clusters" in out  # idempotent: an existing cluster is kept
+    assert "--wait" in out and "condition=Ready" in out
+
+
+def test_minio_option():
+    out = make("-n", "object-store", "deploy", "OBJECT_STORE=minio")
+    assert "manifests/minio.yaml" in out and "seaweedfs --repo" not in out
+    assert "config.s3Endpoint=minio.data.svc.cluster.local:9000" in out
+
+
+def test_upload_overrides_are_valid_json():
+    out = make("-n", "dataset")
+    overrides = json.loads(re.search(r"--overrides='(.*?)'", out).group(1))
+    (c,) = overrides["spec"]["containers"]
+    assert c["envFrom"] == [{"configMapRef": {"name": "titanic-config"}}, {"secretRef": {"name": "titanic-secrets"}}]
+    compile(c["command"][2], "upload", "exec")
+
+
+def test_help_lists_the_cluster_targets():
+    out = re.sub(r"\x1b\[[0-9;]*m", "", make("help"))
+    for target in ("cluster-up", "cluster-down", "images", "load", "deploy", "train", "status", "logs",
+                   "grafana", "airflow", "s3-console", "lint-charts"):
+        assert re.search(rf"\b{target}\b", out), target
+
+
+def test_memory_budget():
+    """Total memory requests of the whole stack stay within 6 GiB (README: Running the platform, memory budget)."""
+    upstream = sum(helm.memory_bytes(v) for path in [*VALUES_FILES, *MANIFEST_FILES] if path.name != "minio.yaml"
+                   for p, v in walk(load(path)) if p[-2:] == ("requests", "memory"))
+    chart = sum(helm.memory_bytes(c["resources"]["requests"]["memory"])
+                for where, spec in helm.pod_specs(helm.render()) if "Job" not in where and "Pod/" not in where
+                for c in spec["containers"])
+    # KServe's storage initializer runs as an init container (not summed with the app container) and the
+    # KPO step pods are transient; one step pod at a time: the pipeline image with the jobs' requests.
+    step_pod = helm.memory_bytes(yaml.safe_load((helm.CHART / "values.yaml").read_text())["jobs"]["resources"]["requests"]["memory"])
+    total = upstream + chart + step_pod + KIND_SYSTEM_REQUESTS
+    assert total <= 6 * GiB, f"{total / GiB:.2f} GiB"
