@@ -137,6 +137,10 @@ def trigger_dag_run(settings: Settings, run_id: str, conf: dict[str, Any]) -> st
         )
         if token.status_code not in (200, 201):
             raise AirflowError(f"POST /auth/token answered {token.status_code}")
+        try:
+            access_token = token.json()["access_token"]
+        except (ValueError, KeyError) as exc:
+            raise AirflowError("POST /auth/token answered without an access_token") from exc
         response = requests.post(
             f"{base}/api/v2/dags/{settings.airflow_dag_id}/dagRuns",
             json={
@@ -145,7 +149,7 @@ def trigger_dag_run(settings: Settings, run_id: str, conf: dict[str, Any]) -> st
                 "conf": conf,
                 "note": f"Triggered by alert {conf['alertname']} through the Alertmanager relay",
             },
-            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+            headers={"Authorization": f"Bearer {access_token}"},
             timeout=AIRFLOW_TIMEOUT,
         )
     except requests.RequestException as exc:

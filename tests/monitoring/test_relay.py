@@ -229,3 +229,12 @@ def test_wrong_airflow_password_is_502_and_recorded(relay_app, airflow):
     assert r.status_code == 502
     assert [row[2] for row in triggers(settings)] == ["failed"]
     assert "auth/token" in triggers(settings)[0][3]
+
+
+def test_unknown_dag_is_502_and_recorded(relay_app, airflow):
+    app, settings = relay_app(**_airflow_settings(airflow, airflow_dag_id="no_such_dag"))
+    r = app.test_client().post(URL, json=alert_payload(), headers=auth())
+    assert r.status_code == 502
+    ((alertname, _, outcome, detail, _),) = triggers(settings)
+    assert (alertname, outcome) == ("TitanicFeatureDrift", "failed")
+    assert "404" in detail
