@@ -57,7 +57,7 @@ def test_score_reports_metrics_and_invalid_rows(trained_model, tmp_path):
     ]
     path = tmp_path / "new.csv"
     path.write_text("\n".join([lines[0], *lines[2:201], *bad]) + "\n")
-    result = score.run(trained_model.settings, version="production", input=str(path))
+    result = score.run(trained_model.settings, version=trained_model.version, input=str(path))
     assert result["version"] == trained_model.version
     assert result["rows"] == 199 and result["rows_invalid"] == 3
     assert [r["line"] for r in result["invalid"]] == [201, 202, 203]
@@ -65,8 +65,15 @@ def test_score_reports_metrics_and_invalid_rows(trained_model, tmp_path):
     for name in ("accuracy", "precision", "recall", "f1", "roc_auc"):
         assert 0.5 < result[name] <= 1, name
 
-    # the aliases and the explicit id name the same model
-    assert score.run(trained_model.settings, version="latest", input=str(path))["version"] == trained_model.version
+    # the aliases resolve through the registry (other layers' tests may add versions to this deployment)
+    conn = postgres.connect(trained_model.settings)
+    try:
+        production = registry.get_production(conn, trained_model.settings.model_name)["version"]
+        latest = registry.latest(conn, trained_model.settings.model_name)["version"]
+    finally:
+        conn.close()
+    assert score.run(trained_model.settings, version="production", input=str(path))["version"] == production
+    assert score.run(trained_model.settings, version="latest", input=str(path))["version"] == latest
 
 
 def test_score_cli_prints_one_json_line(trained_model):
@@ -86,4 +93,4 @@ def test_score_errors(trained_model, settings, tmp_path):
     header = TRAIN_CSV.read_text().splitlines()[0].replace("Survived,", "")
     unlabelled.write_text(header + "\n892,3,\"Kelly, Mr. James\",male,34.5,0,0,330911,7.8292,,Q\n")
     with pytest.raises(SchemaError, match="no Survived column"):
-        score.run(trained_model.settings, version="production", input=str(unlabelled))
+        score.run(trained_model.settings, version=trained_model.version, input=str(unlabelled))

@@ -51,6 +51,7 @@ def test_training_writes_every_artefact_and_then_a_candidate_row(built):
 
 
 def test_metadata_and_reference(trained_model):
+    assert trained_model.evaluation["approved"] and trained_model.status == "production"
     meta = trained_model.metadata
     assert meta["version"] == trained_model.version and meta["feature_set"] == trained_model.feature_set
     assert meta["feature_columns"] == features.FEATURE_COLUMNS
