@@ -35,6 +35,8 @@ FEATURE_COLUMNS = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 TITLES = ("Mr", "Mrs", "Miss", "Master", "Rare")
 # French/abbreviated forms folded into the common title they mean.
 _TITLE_ALIASES = {"Mlle": "Miss", "Ms": "Miss", "Mme": "Mrs"}
+_KNOWN_TITLE = (r"(?i)\b(Mr|Mrs|Miss|Master|Ms|Mlle|Mme|Dr|Rev|Col|Major|Capt|Sir|Lady|Don|Dona|Countess|Jonkheer)"
+                r"\b(?:\.|\s|$)")
 
 
 def _text(col: pd.Series) -> pd.Series:
@@ -45,11 +47,16 @@ def _text(col: pd.Series) -> pd.Series:
 def title(name: pd.Series, sex: pd.Series, age: pd.Series) -> pd.Series:
     """Normalised title (Mr, Mrs, Miss, Master, Rare).
 
-    The title is the first word followed by a dot ("Braund, Mr. Owen" -> Mr). A name without one
-    (a web form's "Jane Doe") falls back to what the title would most likely be from sex and
-    age, so such a request still gets a sensible prediction.
+    Kaggle names put it after the comma ("Braund, Mr. Owen" -> Mr). Otherwise a known title
+    word anywhere counts ("Mrs Jane Doe", dot optional, but not "Jr."). A name without one
+    (a web form's "Jane Doe") falls back to what the title most likely is from sex and age,
+    so such a request still gets a sensible prediction.
     """
-    raw = _text(name).str.extract(r"([A-Za-z]+)\.", expand=False).fillna("").str.capitalize()
+    text = _text(name)
+    kaggle = text.str.extract(r",\s*(?:the\s+)?([A-Za-z]+)\.", expand=False)
+    known = text.str.extract(_KNOWN_TITLE, expand=False)
+    found = np.where(kaggle.notna(), kaggle, np.where(known.notna(), known, ""))
+    raw = pd.Series(found, index=text.index, dtype=object).astype(str).str.capitalize()
     raw = raw.replace(_TITLE_ALIASES)
     out = raw.where(raw.isin(TITLES) | (raw == ""), "Rare")
     male = _text(sex).str.lower() == "male"

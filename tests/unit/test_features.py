@@ -33,6 +33,10 @@ def records(*rows: dict) -> pd.DataFrame:
     ("Byles, Rev. Thomas Roussel Davids", "male", "Rare"),
     ("Minahan, Dr. William Edward", "male", "Rare"),
     ("smith, mrs. jane", "female", "Mrs"),  # case from a web form
+    ("Mrs Jane Smith", "female", "Mrs"),
+    ("Dr. Jane Smith", "female", "Rare"),
+    ("John Smith Jr.", "male", "Mr"),  # Jr is not a title: falls back to sex and age
+    ("Mister Mrsmith", "male", "Mr"),  # title words only as whole words
 ])
 def test_title_is_normalised(name, sex, expected):
     assert features.transform(records({"Name": name, "Sex": sex}))["Title"].tolist() == [expected]
