@@ -24,7 +24,7 @@ drift-demo: venv ## Send shifted passengers through the ingress, then wait for T
 	  --stream $(DRIFT_DEMO_STREAM) --rounds $(DRIFT_DEMO_ROUNDS)
 	@echo "PSI per feature now (alert threshold: chart value prometheusRule.driftPsiThreshold):"
 	@sleep 35; $(call prom-query,max%20by%20(feature)%20(titanic_feature_drift_psi)) | \
-	  $(PY) -c 'import json,sys; [print(f"  {r[\"metric\"][\"feature\"]:>14}  {float(r[\"value\"][1]):.3f}") for r in json.load(sys.stdin)["data"]["result"]]'
+	  $(PY) -c 'import sys; from tests.monitoring.drift import print_psi; print_psi(sys.stdin)'
 	@[ "$(DRIFT_DEMO_STREAM)" = shifted ] && [ "$(DRIFT_DEMO_WAIT)" -gt 0 ] || exit 0; \
 	echo "Waiting up to $(DRIFT_DEMO_WAIT)s for TitanicFeatureDrift to fire (it must hold for prometheusRule.driftFor)..."; \
 	deadline=$$(( $$(date +%s) + $(DRIFT_DEMO_WAIT) )); \

@@ -65,6 +65,12 @@ def replay(url: str, rows: list[dict], batch: int = 20, timeout: float = 30.0, h
     return done
 
 
+def print_psi(query_response) -> None:
+    """Print `max by (feature) (titanic_feature_drift_psi)` from a Prometheus query API answer."""
+    for result in json.load(query_response)["data"]["result"]:
+        print(f"  {result['metric'].get('feature', '?'):>14}  {float(result['value'][1]):.3f}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Send passengers to the model server (drift demo).")
     parser.add_argument("--url", required=True,
