@@ -129,7 +129,13 @@ with DAG(
     )
     features = pipeline_step("features", ["--batch", "{{ ti.xcom_pull(task_ids='ingest')['batch_id'] }}"])
     train = pipeline_step(
-        "train", ["--feature-set", "{{ ti.xcom_pull(task_ids='features')['feature_set'] }}"]
+        "train",
+        [
+            "--feature-set",
+            "{{ ti.xcom_pull(task_ids='features')['feature_set'] }}",
+            "--n-jobs",  # the default (all CPUs) would count the node's CPUs, not the pod's limit
+            RESOURCES["train"][2],
+        ],
     )
     evaluate = pipeline_step(
         "evaluate",

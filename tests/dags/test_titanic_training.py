@@ -11,7 +11,6 @@ import ast
 import copy
 import json
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -144,7 +143,8 @@ def test_schema_validation_catches_a_broken_pod(dag):
 def test_identifiers_flow_through_xcom(dag):
     args = {step: base_container(build_pod(dag, step))["args"] for step in STEPS}
     assert args["features"] == ["features", "--batch", "b-123"]
-    assert args["train"] == ["train", "--feature-set", "fs-456"]
+    assert args["train"] == ["train", "--feature-set", "fs-456", "--n-jobs", "2"]
+    assert base_container(build_pod(dag, "train"))["resources"]["limits"]["cpu"] == "2"  # one fit per CPU of the limit
     assert args["evaluate"] == ["evaluate", "--version", "v-789", "--min-accuracy", "0.78"]
     assert args["deploy"] == ["deploy", "--version", "v-789", "--namespace", "mlops", "--timeout", "300",
                               "--target", "cluster"]
@@ -171,6 +171,12 @@ def test_rejected_model_skips_deploy_with_the_exit_code_evaluate_uses(dag):
     (code,) = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
                and any(getattr(t, "id", None) == "EXIT_MODEL_REJECTED" for t in node.targets)]
     assert dag.get_task("evaluate").skip_on_exit_code == [code]
+    # ... and that constant is what `pipeline evaluate` returns for a rejection
+    evaluate = ast.parse((ROOT / "pipeline" / "steps" / "evaluate.py").read_text())
+    (exit_code,) = [f for f in evaluate.body if isinstance(f, ast.FunctionDef) and f.name == "exit_code"]
+    assert "EXIT_MODEL_REJECTED" in {n.id for n in ast.walk(exit_code) if isinstance(n, ast.Name)}
+    assert any(isinstance(n, ast.ImportFrom) and n.module == "pipeline.errors"
+               and "EXIT_MODEL_REJECTED" in {a.name for a in n.names} for n in evaluate.body)
     for step in ("ingest", "features", "train", "deploy"):
         assert not dag.get_task(step).skip_on_exit_code, step
     # deploy runs only when evaluate succeeded: a skipped evaluate skips it instead of failing it
@@ -232,17 +238,23 @@ def test_audit_hook_would_see_a_connection(tmp_path):
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == ["socket.connect"]
 
 
-def _cli_flags(step: str) -> set[str]:
-    """Flags `python -m pipeline <step>` accepts, from its --help in the main venv (where the CLI lives)."""
-    python = ROOT / ".venv" / "bin" / "python"
-    proc = subprocess.run([str(python), "-m", "pipeline", step, "--help"], cwd=ROOT, capture_output=True,
+@pytest.fixture(scope="module")
+def cli_flags() -> dict[str, set[str]]:
+    """Flags of each `python -m pipeline <step>`, read from the real parser in the main venv (where the CLI lives)."""
+    script = textwrap.dedent("""
+        import json
+        from pipeline.__main__ import build_parser
+        (sub,) = [a for a in build_parser()._actions if a.dest == "step"]
+        print(json.dumps({name: [o for a in p._actions for o in a.option_strings] for name, p in sub.choices.items()}))
+    """)
+    proc = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-c", script], cwd=ROOT, capture_output=True,
                           text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    return set(re.findall(r"(--[a-z][a-z0-9-]*)", proc.stdout))
+    return {step: set(flags) for step, flags in json.loads(proc.stdout.strip().splitlines()[-1]).items()}
 
 
 @pytest.mark.parametrize("step", STEPS)
-def test_every_flag_the_dag_passes_exists_in_the_cli(dag, step):
+def test_every_flag_the_dag_passes_exists_in_the_cli(dag, cli_flags, step):
     args = base_container(build_pod(dag, step))["args"]
     passed = {a for a in args if a.startswith("--")}
-    assert passed and passed <= _cli_flags(step)
+    assert passed and passed <= cli_flags[step]
