@@ -8,11 +8,14 @@ drift window.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
+import numpy as np
 import pandas as pd
 from kserve import Model
 from kserve.errors import InvalidInput
@@ -45,6 +48,47 @@ class PredictorError(Exception):
         super().__init__(message)
 
 
+class _Coalescer:
+    """Runs `fn(list of requests)` in one worker thread, batching the requests that queued meanwhile.
+
+    While one batch is computed off the event loop, the loop keeps accepting requests; the
+    next batch takes all of them at once. A lone request pays only the thread hop.
+    """
+
+    def __init__(self, fn, max_batch: int = 64):
+        self.fn, self.max_batch = fn, max_batch
+        self._pending: list[tuple[list[dict], asyncio.Future]] = []
+        self._busy = False
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="features")
+
+    async def run(self, instances: list[dict]) -> pd.DataFrame:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((instances, future))
+        if not self._busy:
+            self._busy = True
+            asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            while self._pending:
+                batch, self._pending = self._pending[:self.max_batch], self._pending[self.max_batch:]
+                try:
+                    results = await loop.run_in_executor(self._executor, self.fn, [b[0] for b in batch])
+                except Exception as exc:  # a bug in one batch must fail its requests, not hang them
+                    results = [exc] * len(batch)
+                for (_, future), result in zip(batch, results):
+                    if future.done():
+                        continue
+                    if isinstance(result, Exception):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+        finally:
+            self._busy = False
+
+
 class TitanicTransformer(Model):
     """Overrides preprocess/postprocess, and predict only to turn transport failures into 502/503."""
 
@@ -54,6 +98,7 @@ class TitanicTransformer(Model):
         self.artifacts, self.drift, self.feature_store = artifacts, drift, feature_store
         metrics.set_model(artifacts.version, artifacts.accuracy)
         self._warned_versions: set[str] = set()
+        self._batcher = _Coalescer(self.features_of_many)
         self.ready = True
 
     # -- request -> features ------------------------------------------------------------
@@ -116,33 +161,66 @@ class TitanicTransformer(Model):
             frame[c] = frame[c].where(frame[c].notna(), "").astype(str)
         return frame[self.artifacts.feature_columns]
 
-    def features_of(self, payload) -> pd.DataFrame:
-        """Validated feature vectors of a request, indexed by instance position; InvalidInstances otherwise."""
-        instances = self._instances(payload)
-        id_only = [i for i, inst in enumerate(instances) if self._is_id_only(inst)]
-        raw_pos = [i for i in range(len(instances)) if i not in set(id_only)] if id_only else list(range(len(instances)))
-        errors: list[dict] = []
-        parts = []
-        if raw_pos:
-            checked = schema.validate(pd.DataFrame([instances[i] for i in raw_pos]), require_id=False)
+    def features_of(self, instances: list[dict]) -> pd.DataFrame:
+        """Validated feature vectors of one request's instances, indexed by position; InvalidInstances otherwise."""
+        [result] = self.features_of_many([instances])
+        if isinstance(result, Exception):
+            raise result
+        return result
+
+    def features_of_many(self, requests: list[list[dict]]) -> list[pd.DataFrame | InvalidInstances]:
+        """`features_of` for several requests with one `validate` and one `transform` call.
+
+        Both are vectorised, so their cost hardly depends on the number of rows: coalescing
+        concurrent requests is what makes the transformer scale. Rows are independent in both,
+        except validate's duplicate-PassengerId rule; a request whose raw instances carry a
+        PassengerId is therefore validated on its own.
+        """
+        results: list = [None] * len(requests)
+        errors: list[list[dict]] = [[] for _ in requests]
+        parts: list[list[pd.DataFrame]] = [[] for _ in requests]
+        groups: list[list[tuple[int, int, dict]]] = [[]]  # (request, position, raw instance)
+        for k, instances in enumerate(requests):
+            raw = []
+            for i, inst in enumerate(instances):
+                if self._is_id_only(inst):
+                    continue
+                raw.append((k, i, inst))
+            if any(schema.ID in inst for _, _, inst in raw):
+                groups.append(raw)
+            else:
+                groups[0].extend(raw)
+            ids = [i for i, inst in enumerate(instances) if self._is_id_only(inst)]
+            if ids:
+                stored = self._stored_features(ids, instances, errors[k])
+                if not stored.empty:
+                    parts[k].append(stored)
+        for group in groups:
+            if not group:
+                continue
+            checked = schema.validate(pd.DataFrame([inst for _, _, inst in group]), require_id=False)
             for row in checked.rejected.itertuples(index=False):
+                k, i, _ = group[row.position]
                 message = row.reason.split(": ", 1)[1] if row.reason.startswith(row.field + ": ") else row.reason
-                errors.append({"instance": raw_pos[row.position], "field": row.field, "message": message})
-            if not checked.valid.empty:
-                X = features.transform(checked.valid)
-                X.index = [raw_pos[p] for p in X.index]
-                parts.append(X[self.artifacts.feature_columns])
-        if id_only:
-            stored = self._stored_features(id_only, instances, errors)
-            if not stored.empty:
-                parts.append(stored)
-        if errors:
-            raise InvalidInstances(sorted(errors, key=lambda e: e["instance"]))
-        return parts[0] if len(parts) == 1 else pd.concat(parts).sort_index()
+                errors[k].append({"instance": i, "field": row.field, "message": message})
+            if checked.valid.empty:
+                continue
+            X = features.transform(checked.valid)[self.artifacts.feature_columns]
+            owner = np.array([group[p][0] for p in X.index])
+            X.index = [group[p][1] for p in X.index]
+            for k in np.unique(owner):
+                parts[k].append(X[owner == k])
+        for k in range(len(requests)):
+            if errors[k]:
+                results[k] = InvalidInstances(sorted(errors[k], key=lambda e: e["instance"]))
+            else:
+                frames = parts[k]
+                results[k] = frames[0] if len(frames) == 1 else pd.concat(frames).sort_index()
+        return results
 
     async def preprocess(self, payload, headers=None):
         _REQUEST_IS_V2.set(isinstance(payload, InferRequest))
-        X = self.features_of(payload)
+        X = await self._batcher.run(self._instances(payload))
         if self.drift is not None:
             self.drift.observe(X)
         if self.predictor_config is not None and self.predictor_config.protocol == "v2":

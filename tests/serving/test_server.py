@@ -142,3 +142,41 @@ def test_metrics_on_the_same_port_as_kserve(model_server):
         assert abs(float(line.split()[-1]) - accuracy) < 1e-9
         assert "request_predict_seconds_bucket" in text  # KServe's own histogram
     assert "titanic_drift_detected" in requests.get(f"{model_server.transformer_url}/metrics", timeout=10).text
+
+
+def test_concurrent_requests_are_answered_each_on_their_own(model_server):
+    """Concurrent requests share validate/transform calls; answers and 400s must stay per request."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    raw = random_passengers(24, seed=21)
+    inst = instances(raw)
+    expected = _expected(model_server.model, raw)
+    name = model_server.settings.model_name
+
+    def call(k: int):
+        if k % 3 == 2:  # every third request is invalid at its own index 1
+            return k, _v1(model_server.transformer_url, name, [inst[k], {**inst[k], "SibSp": -1}])
+        return k, _v1(model_server.transformer_url, name, [inst[k]])
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(call, range(24)))
+    for k, r in answers:
+        if k % 3 == 2:
+            assert r.status_code == 400 and r.json()["errors"][0]["instance"] == 1, r.text
+            assert r.json()["errors"][0]["field"] == "SibSp"
+        else:
+            assert r.status_code == 200, r.text
+            assert abs(r.json()["predictions"][0]["probability"] - expected[k]) <= MAX_DELTA
+
+
+def test_id_bearing_raw_instances_are_validated_per_request(model_server):
+    """validate's duplicate-PassengerId rule applies within one request, never across coalesced ones."""
+    from pipeline.serving.transformer import InvalidInstances, TitanicTransformer
+    from pipeline.serving.artifacts import ModelArtifacts
+
+    t = TitanicTransformer("titanic", ModelArtifacts("v", "test", model_server.trained.metadata, None))
+    a, b = {**ROSE, "PassengerId": 5}, {**ROSE, "PassengerId": 5}
+    first, second, third = t.features_of_many([[a], [b], [a, b]])
+    assert len(first) == 1 and len(second) == 1
+    assert isinstance(third, InvalidInstances) and third.errors[0]["instance"] == 1
+    assert third.errors[0]["field"] == "PassengerId"
