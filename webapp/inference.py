@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
+
+from flask import g
 
 from . import metrics
 from .kserve_client import InferenceError, PredictResult, Rejected, get_client
@@ -21,6 +24,7 @@ UNAVAILABLE_MESSAGES = {
 
 def predict(instances: list[dict[str, Any]]) -> PredictResult:
     """Predict validated instances; counts outcomes and errors, re-raises Rejected/InferenceError."""
+    started = time.perf_counter()
     try:
         result = get_client().predict(instances)
     except Rejected as exc:
@@ -31,6 +35,8 @@ def predict(instances: list[dict[str, Any]]) -> PredictResult:
         metrics.count_error(exc.reason)
         logger.warning("prediction failed (%s): %s", exc.reason, exc.detail)
         raise
+    finally:
+        g.kserve_seconds = time.perf_counter() - started
     metrics.count_predictions(result.predictions)
     return result
 

@@ -49,6 +49,20 @@ def _start_timer() -> None:
     g.request_started = time.perf_counter()
 
 
+def _server_timing(response):
+    """`Server-Timing: kserve;dur=…, web;dur=…` (ms): what the model server took and what this app added.
+
+    Browsers' developer tools show it, and `make bench` reads it to isolate the web hop's own cost.
+    """
+    started = g.get("request_started")
+    if started is not None:
+        total = (time.perf_counter() - started) * 1000
+        kserve = g.get("kserve_seconds", 0.0) * 1000
+        parts = [f"kserve;dur={kserve:.2f}"] if "kserve_seconds" in g else []
+        response.headers["Server-Timing"] = ", ".join(parts + [f"web;dur={total - kserve:.2f}"])
+    return response
+
+
 def _observe(_exc: BaseException | None) -> None:
     started = g.pop("request_started", None)
     if started is not None:
@@ -63,6 +77,7 @@ def init_app(app: Flask) -> None:
     for reason in ERROR_REASONS:
         INFERENCE_ERRORS.labels(reason)
     app.before_request(_start_timer)
+    app.after_request(_server_timing)
     app.teardown_request(_observe)
     app.wsgi_app = DispatcherMiddleware(app.wsgi_app, {"/metrics": _metrics_app()})  # type: ignore[method-assign]
 

@@ -51,15 +51,15 @@ def gunicorn(env: dict[str, str], *, workers: int = 2, threads: int = 4):
                 proc.wait()
 
 
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 30.0) -> None:
+def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"gunicorn exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
         try:
-            if requests.get(f"{url}/healthz", timeout=1).status_code == 200:
+            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
                 return
-        except requests.ConnectionError:
-            pass
+        except requests.RequestException:
+            pass  # not listening yet, or the workers are still importing the app
         time.sleep(0.1)
     raise RuntimeError(f"gunicorn did not become healthy within {timeout:.0f}s")

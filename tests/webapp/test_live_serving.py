@@ -98,3 +98,10 @@ def test_transformer_field_errors_in_the_api_name_instance_and_field(app, monkey
     assert response.status_code == 400
     errors = response.json["errors"]
     assert {"instance": 1, "field": "Pclass"} in [{k: e[k] for k in ("instance", "field")} for e in errors]
+
+
+def test_server_timing_separates_model_server_and_web_time(app):
+    response = app.test_client().post("/api/predict", json=VALID)
+    timing = dict(part.strip().split(";dur=") for part in response.headers["Server-Timing"].split(","))
+    assert set(timing) == {"kserve", "web"}
+    assert float(timing["kserve"]) > 0 and float(timing["web"]) >= 0
