@@ -41,7 +41,7 @@ $(AIRFLOW_VENV)/.installed: versions.env
 	$(AIRFLOW_VENV)/bin/pip install -q --upgrade pip==$(PIP_VERSION)
 	$(AIRFLOW_VENV)/bin/pip install -q "apache-airflow==$(AIRFLOW_VERSION)" \
 	  "apache-airflow-providers-cncf-kubernetes==$(AIRFLOW_PROVIDER_CNCF_K8S_VERSION)" \
-	  "pytest==9.2.0" "pyyaml==6.0.4" "jsonschema==4.26.0" "kubernetes-validate==1.37.0"
+	  "pytest==9.2.0" "pytest-timeout==2.4.0" "pyyaml==6.0.4" "jsonschema==4.26.0" "kubernetes-validate==1.37.0"
 	touch $@
 
 .PHONY: system-deps
