@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
+from pathlib import Path
 
 from kserve import ModelServer
 from kserve import model_server as kserve_server
@@ -54,25 +55,33 @@ def _predictor(args, settings: Settings):
 
 def _transformer(args, settings: Settings):
     from pipeline.serving import transformer
-    from pipeline.serving.drift import DriftCollector, DriftMonitor
+    from pipeline.serving.drift import DriftCollector
     from pipeline.store.feature_store import FeatureStore
 
     if not args.predictor_host:
         raise PipelineError("the transformer needs --predictor_host")
+    explicit = args.model_uri or args.model_version or Path(args.model_dir).is_dir()
+    # Without a model folder of its own (the usual case in the cluster: storageUri goes to the predictor),
+    # the transformer learns the version from the predictor's answers and reads that folder from S3.
     model_artifacts = artifacts.load(settings, model_dir=args.model_dir, model_uri=args.model_uri,
-                                     model_version=args.model_version, with_model=False)
-    drift = None
-    if model_artifacts.reference:
-        drift = DriftMonitor(model_artifacts.reference, window=args.drift_window, threshold=args.drift_threshold,
-                             min_samples=args.drift_min_samples)
-        REGISTRY.register(DriftCollector(drift))
-    store = FeatureStore(settings) if args.feature_lookup else None
+                                     model_version=args.model_version, with_model=False) if explicit else None
+
+    def locate(version: str) -> artifacts.ModelArtifacts:
+        uri = f"s3://{settings.bucket_models}/{settings.model_name}/{version}"
+        return artifacts.load(settings, model_uri=uri, with_model=False)
+
+    model = transformer.TitanicTransformer(
+        args.model_name, model_artifacts, feature_store=FeatureStore(settings) if args.feature_lookup else None,
+        drift_options={"window": args.drift_window, "threshold": args.drift_threshold,
+                       "min_samples": args.drift_min_samples},
+        locate=locate)
+    REGISTRY.register(DriftCollector(lambda: model.drift))
     app = kserve_server.app
     app.add_exception_handler(transformer.InvalidInstances,
                               lambda _, exc: JSONResponse(status_code=400, content=transformer.error_body(exc.errors)))
     app.add_exception_handler(transformer.PredictorError,
                               lambda _, exc: JSONResponse(status_code=exc.status, content={"error": exc.message}))
-    return transformer.TitanicTransformer(args.model_name, model_artifacts, drift=drift, feature_store=store)
+    return model
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -111,21 +112,25 @@ class DriftMonitor:
 
 
 class DriftCollector(Collector):
-    """Prometheus collector computing the drift gauges at scrape time."""
+    """Prometheus collector computing the drift gauges at scrape time.
 
-    def __init__(self, monitor: DriftMonitor):
+    Takes a function returning the current monitor: the transformer replaces its monitor when
+    the predictor starts serving another model version (new reference, empty window).
+    """
+
+    def __init__(self, monitor: Callable[[], DriftMonitor | None]):
         self.monitor = monitor
 
     def collect(self):
-        values = self.monitor.psi()
+        monitor = self.monitor()
+        values = monitor.psi() if monitor else {}
         gauge = GaugeMetricFamily("titanic_feature_drift_psi",
                                   "PSI of the feature over the recent window against the training distribution.",
                                   labels=["feature"])
         for name, value in values.items():
             gauge.add_metric([name], value)
         yield gauge
-        yield GaugeMetricFamily("titanic_drift_detected",
-                                f"1 when any feature's PSI exceeds {self.monitor.threshold}.",
-                                value=int(self.monitor.drifted(values)))
+        yield GaugeMetricFamily("titanic_drift_detected", "1 when any feature's PSI exceeds the drift threshold.",
+                                value=int(monitor.drifted(values)) if monitor else 0)
         yield GaugeMetricFamily("titanic_drift_window_samples", "Feature vectors in the drift window.",
-                                value=self.monitor.samples)
+                                value=monitor.samples if monitor else 0)

@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import threading
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import numpy as np
@@ -92,14 +93,50 @@ class _Coalescer:
 class TitanicTransformer(Model):
     """Overrides preprocess/postprocess, and predict only to turn transport failures into 502/503."""
 
-    def __init__(self, name: str, artifacts: ModelArtifacts, *, drift: DriftMonitor | None = None,
-                 feature_store=None):
+    def __init__(self, name: str, artifacts: ModelArtifacts | None, *, drift_options: dict | None = None,
+                 feature_store=None, locate: Callable[[str], ModelArtifacts] | None = None):
+        """
+        Args:
+            artifacts: metadata and drift reference of the model version; None to learn the version
+                from the predictor's first answer.
+            drift_options: DriftMonitor keyword arguments (window, threshold, min_samples).
+            locate: loads a version's metadata and reference; used when the predictor starts
+                answering with another version than `artifacts` (a deploy), so drift is always
+                measured against the training data of the model actually serving.
+        """
         super().__init__(name)
-        self.artifacts, self.drift, self.feature_store = artifacts, drift, feature_store
-        metrics.set_model(artifacts.version, artifacts.accuracy)
-        self._warned_versions: set[str] = set()
+        self.feature_store, self.locate = feature_store, locate
+        self.drift_options = drift_options or {}
+        self.artifacts = self.drift = None
+        self._use(artifacts or ModelArtifacts(version="", source="none", metadata={}, reference=None))
+        self._switching: set[str] = set()
         self._batcher = _Coalescer(self.features_of_many)
         self.ready = True
+
+    def _use(self, artifacts: ModelArtifacts) -> None:
+        """Adopt a model version: its feature columns, a fresh drift window on its reference, its gauges."""
+        drift = DriftMonitor(artifacts.reference, **self.drift_options) if artifacts.reference else None
+        self.artifacts, self.drift = artifacts, drift
+        if artifacts.version:
+            metrics.set_model(artifacts.version, artifacts.accuracy)
+            logger.info("transformer follows model version %s (drift reference: %s)", artifacts.version,
+                        "yes" if drift else "none")
+
+    def _follow(self, version: str | None) -> None:
+        """Load `version`'s metadata and reference in the background when the predictor switched to it."""
+        if not version or version == self.artifacts.version or self.locate is None or version in self._switching:
+            return
+        self._switching.add(version)
+
+        def load() -> None:
+            try:
+                self._use(self.locate(version))
+            except Exception:  # keep serving with the old reference; retried on a later answer
+                logger.exception("cannot load metadata/reference of model version %s", version)
+            finally:
+                self._switching.discard(version)
+
+        threading.Thread(target=load, name=f"follow-{version}", daemon=True).start()
 
     # -- request -> features ------------------------------------------------------------
 
@@ -221,8 +258,9 @@ class TitanicTransformer(Model):
     async def preprocess(self, payload, headers=None):
         _REQUEST_IS_V2.set(isinstance(payload, InferRequest))
         X = await self._batcher.run(self._instances(payload))
-        if self.drift is not None:
-            self.drift.observe(X)
+        drift = self.drift  # may be swapped by a version switch meanwhile
+        if drift is not None:
+            drift.observe(X)
         if self.predictor_config is not None and self.predictor_config.protocol == "v2":
             inputs = []
             for c in self.artifacts.numeric_features:
@@ -252,11 +290,6 @@ class TitanicTransformer(Model):
 
     # -- predictor answer -> response ------------------------------------------------------
 
-    def _check_version(self, version: str | None) -> None:
-        if version and version != self.artifacts.version and version not in self._warned_versions:
-            self._warned_versions.add(version)
-            logger.warning("predictor serves model %s but drift reference is from %s", version, self.artifacts.version)
-
     async def postprocess(self, result, headers=None, response_headers=None):
         if isinstance(result, InferResponse):
             outputs = {o.name: o.as_numpy().reshape(-1) for o in result.outputs}
@@ -266,7 +299,7 @@ class TitanicTransformer(Model):
             survived = [int(p["survived"]) for p in result["predictions"]]
             probability = [float(p["probability"]) for p in result["predictions"]]
             version = result.get("model_version")
-        self._check_version(version)
+        self._follow(version)
         if _REQUEST_IS_V2.get():
             n = len(survived)
             outputs = [InferOutput("survived", [n], "INT64", survived),

@@ -11,7 +11,7 @@ import requests
 
 from pipeline import features, schema
 from pipeline.serving.drift import DriftMonitor, psi
-from tests.fixtures.serving import start_transformer
+from tests.fixtures.serving import launch, start_transformer
 from tests.serving.passengers import instances, train_rows
 
 THRESHOLD = 0.2
@@ -81,5 +81,31 @@ def test_replay_stays_quiet_and_shift_raises_the_flag(trained_model, model_serve
             assert psi_values[feature] > THRESHOLD, (feature, psi_values)
         assert psi_values["Sex"] < THRESHOLD  # untouched features stay quiet
         assert detected == 1.0
+    finally:
+        transformer.stop()
+
+
+def test_transformer_without_a_model_folder_follows_the_predictors_version(trained_model, model_server, tmp_path):
+    """In the cluster storageUri reaches only the predictor: the transformer learns the version from its
+    answers, then loads that version's metadata and drift reference from S3."""
+    import time
+
+    transformer = launch("transformer", trained_model.settings,
+                         ["--model_dir", str(tmp_path / "absent"), "--drift_min_samples", "5",
+                          "--predictor_host", model_server.predictor.url.removeprefix("http://")], tmp_path)
+    try:
+        url = f"{transformer.url}/v1/models/{trained_model.settings.model_name}:predict"
+        metrics_url = f"{transformer.url}/metrics"
+        assert "titanic_model_info{" not in requests.get(metrics_url, timeout=10).text
+        body = {"instances": instances(train_rows().iloc[:10])}
+        first = requests.post(url, json=body, timeout=30)
+        assert first.status_code == 200 and first.json()["model_version"] == trained_model.version
+        deadline = time.monotonic() + 30
+        while f'titanic_model_info{{version="{trained_model.version}"}} 1.0' not in requests.get(metrics_url, timeout=10).text:
+            assert time.monotonic() < deadline, transformer.log_text()[-2000:]
+            time.sleep(0.2)
+        assert requests.post(url, json=body, timeout=30).status_code == 200
+        psi_values, detected, samples = _gauges(transformer.url)
+        assert samples == 10 and set(psi_values) == set(trained_model.reference["features"])
     finally:
         transformer.stop()
