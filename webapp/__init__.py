@@ -21,7 +21,8 @@ logger = logging.getLogger(__name__)
 DEFAULTS: dict[str, Any] = {
     "KSERVE_CONNECT_TIMEOUT": 1.0,  # seconds to open a connection to the transformer
     "KSERVE_READ_TIMEOUT": 5.0,  # seconds to wait for a prediction
-    "KSERVE_POOL_SIZE": 10,  # pooled keep-alive connections per process (>= gunicorn threads)
+    "KSERVE_POOL_SIZE": 10,
+    "KSERVE_PROTOCOL": "v1",  # "v1" (KServe V1) or "v2" (Open Inference Protocol)  # pooled keep-alive connections per process (>= gunicorn threads)
     "MAX_CONTENT_LENGTH": 64 * 1024,  # bytes; larger bodies get 413 before they are read
     "MAX_INSTANCES": 100,  # passengers per API request
 }

@@ -77,14 +77,18 @@ def _valid_prediction(prediction: Any) -> bool:
 
 
 class KServeClient:
-    """Calls `POST {base}/v1/models/<name>:predict` over one pooled session.
+    """Calls the transformer over one pooled session: V1 `POST /v1/models/<name>:predict` by
+    default, or the Open Inference Protocol (`protocol="v2"`, `POST /v2/models/<name>/infer`).
 
     Connection errors (nothing was sent) are retried once; read timeouts and HTTP errors
     are not, because the request may already have been processed.
     """
 
     def __init__(self, base_url: str, model_name: str, *, connect_timeout: float = 1.0,
-                 read_timeout: float = 5.0, pool_size: int = 10):
+                 read_timeout: float = 5.0, pool_size: int = 10, protocol: str = "v1"):
+        if protocol not in ("v1", "v2"):
+            raise ValueError(f"KServe protocol must be v1 or v2, got {protocol!r}")
+        self.protocol = protocol
         self.base_url = base_url.rstrip("/")
         self.model_name = model_name
         self.timeout = (connect_timeout, read_timeout)
@@ -96,7 +100,34 @@ class KServeClient:
 
     @property
     def predict_url(self) -> str:
+        if self.protocol == "v2":
+            return f"{self.base_url}/v2/models/{self.model_name}/infer"
         return f"{self.base_url}/v1/models/{self.model_name}:predict"
+
+    @property
+    def ready_url(self) -> str:
+        if self.protocol == "v2":
+            return f"{self.base_url}/v2/models/{self.model_name}/ready"
+        return f"{self.base_url}/v1/models/{self.model_name}"
+
+    @staticmethod
+    def _v2_request(instances: list[dict[str, Any]]) -> dict[str, Any]:
+        # One BYTES tensor per raw field; "" is unknown, as in a CSV (the transformer validates text).
+        n = len(instances)
+        return {"inputs": [
+            {"name": f, "shape": [n], "datatype": "BYTES",
+             "data": ["" if i.get(f) is None else str(i[f]) for i in instances]}
+            for f in FIELDS]}
+
+    @staticmethod
+    def _v2_predictions(body: Any) -> list[dict[str, Any]] | None:
+        if not isinstance(body, dict) or not isinstance(body.get("outputs"), list):
+            return None
+        outputs = {o.get("name"): o.get("data") for o in body["outputs"] if isinstance(o, dict)}
+        survived, probability = outputs.get("survived"), outputs.get("probability")
+        if not isinstance(survived, list) or not isinstance(probability, list) or len(survived) != len(probability):
+            return None
+        return [{"survived": s, "probability": p} for s, p in zip(survived, probability)]
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         try:
@@ -111,7 +142,8 @@ class KServeClient:
 
     def predict(self, instances: list[dict[str, Any]]) -> PredictResult:
         """Predict for raw passengers; raises Rejected (400) or InferenceError."""
-        response = self._send("POST", self.predict_url, json={"instances": instances})
+        payload = self._v2_request(instances) if self.protocol == "v2" else {"instances": instances}
+        response = self._send("POST", self.predict_url, json=payload)
         try:
             body = response.json()
         except ValueError:
@@ -121,7 +153,10 @@ class KServeClient:
             raise Rejected(str(message), parse_rejection(body if body is not None else response.text))
         if response.status_code >= 400:
             raise InferenceError("server_error", f"HTTP {response.status_code}: {response.text[:200]}")
-        predictions = body.get("predictions") if isinstance(body, dict) else None
+        if self.protocol == "v2":
+            predictions = self._v2_predictions(body)
+        else:
+            predictions = body.get("predictions") if isinstance(body, dict) else None
         if not isinstance(predictions, list) or len(predictions) != len(instances):
             raise InferenceError("bad_response", f"unexpected response body: {response.text[:200]}")
         for prediction in predictions:
@@ -134,7 +169,7 @@ class KServeClient:
         """Whether the model answers ready on the V1 readiness endpoint, and why not."""
         try:
             # Short read timeout: probes (readinessProbe timeoutSeconds 3) must get an answer.
-            response = self._send("GET", f"{self.base_url}/v1/models/{self.model_name}",
+            response = self._send("GET", self.ready_url,
                                   timeout=(self.timeout[0], min(self.timeout[1], 2.0)))
         except InferenceError as exc:
             return False, exc.reason
@@ -156,6 +191,7 @@ def init_app(app: Flask) -> None:
         connect_timeout=float(app.config["KSERVE_CONNECT_TIMEOUT"]),
         read_timeout=float(app.config["KSERVE_READ_TIMEOUT"]),
         pool_size=int(app.config["KSERVE_POOL_SIZE"]),
+        protocol=str(app.config["KSERVE_PROTOCOL"]),
     )
 
 

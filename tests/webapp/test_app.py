@@ -171,3 +171,19 @@ def test_metrics_names_and_labels(down_app):
 def test_client_retries_connection_errors_only(down_app):
     retry = down_app.extensions["kserve"].session.get_adapter("http://x").max_retries
     assert (retry.connect, retry.read, retry.status, retry.other) == (1, 0, 0, 0)
+
+
+def test_unknown_kserve_protocol_is_refused_at_start():
+    with pytest.raises(ValueError, match="v1 or v2"):
+        make_app("http://127.0.0.1:1", KSERVE_PROTOCOL="v3")
+
+
+def test_environment_overrides_web_config(monkeypatch):
+    from webapp import create_app
+
+    monkeypatch.setenv("KSERVE_URL", "http://127.0.0.1:1")
+    monkeypatch.setenv("WEBAPP_KSERVE_READ_TIMEOUT", "2.5")
+    monkeypatch.setenv("WEBAPP_MAX_INSTANCES", "7")
+    app = create_app()
+    assert app.config["SETTINGS"].kserve_url == "http://127.0.0.1:1"
+    assert app.extensions["kserve"].timeout == (1.0, 2.5) and app.config["MAX_INSTANCES"] == 7

@@ -105,3 +105,16 @@ def test_server_timing_separates_model_server_and_web_time(app):
     timing = dict(part.strip().split(";dur=") for part in response.headers["Server-Timing"].split(","))
     assert set(timing) == {"kserve", "web"}
     assert float(timing["kserve"]) > 0 and float(timing["web"]) >= 0
+
+
+def test_open_inference_protocol_v2_gives_the_same_predictions(model_server):
+    instances = _passengers(10)
+    v1 = make_app(model_server.transformer_url).test_client().post("/api/predict", json=instances)
+    v2_app = make_app(model_server.transformer_url, KSERVE_PROTOCOL="v2")
+    v2 = v2_app.test_client().post("/api/predict", json=instances)
+    assert v2.status_code == 200, v2.json
+    assert v2.json["model_version"] == model_server.model_version
+    np.testing.assert_allclose([p["probability"] for p in v2.json["predictions"]],
+                               [p["probability"] for p in v1.json["predictions"]], atol=1e-9)
+    assert [p["survived"] for p in v2.json["predictions"]] == [p["survived"] for p in v1.json["predictions"]]
+    assert v2_app.test_client().get("/readyz").status_code == 200
