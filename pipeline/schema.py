@@ -58,6 +58,10 @@ def _first_error(text: np.ndarray, checks: list[tuple[np.ndarray, str]]) -> np.n
     return msg
 
 
+def _listed(choices) -> str:
+    return ", ".join(str(c) for c in choices)
+
+
 def _check_number(text, *, blank_ok, lo=None, hi=None, integer=False, choices=None):
     """(typed values as float64, error message per row or "") for a numeric field."""
     num = _number(text)
@@ -67,12 +71,12 @@ def _check_number(text, *, blank_ok, lo=None, hi=None, integer=False, choices=No
     with np.errstate(invalid="ignore"):
         if integer:
             checks.append((known & (num != np.floor(num)), "must be a whole number, got {got}"))
-        if lo is not None:
-            checks.append((num < lo, f"must be >= {lo}, got {{got}}"))
-        if hi is not None:
-            checks.append((num > hi, f"must be <= {hi}, got {{got}}"))
+        if lo is not None and hi is not None:
+            checks.append(((num < lo) | (num > hi), f"must be between {lo} and {hi}, got {{got}}"))
+        elif lo is not None:
+            checks.append((num < lo, f"must be at least {lo}, got {{got}}"))
         if choices is not None:
-            checks.append((known & ~np.isin(num, choices), f"must be one of {list(choices)}, got {{got}}"))
+            checks.append((known & ~np.isin(num, choices), f"must be one of {_listed(choices)}, got {{got}}"))
     if not blank_ok:
         checks.append((blank, "is required"))
     return num, _first_error(text, checks)
@@ -81,7 +85,7 @@ def _check_number(text, *, blank_ok, lo=None, hi=None, integer=False, choices=No
 def _check_choice(text, choices, *, blank_ok, upper=False):
     value = np.strings.upper(text) if upper else np.strings.lower(text)
     blank = text == ""
-    checks = [(~blank & ~np.isin(value, choices), f"must be one of {list(choices)}, got {{got}}")]
+    checks = [(~blank & ~np.isin(value, choices), f"must be one of {_listed(choices)}, got {{got}}")]
     if not blank_ok:
         checks.append((blank, "is required"))
     return np.where(blank, None, value.astype(object)), _first_error(text, checks)

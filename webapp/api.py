@@ -6,7 +6,7 @@ from flask import Blueprint, current_app, jsonify, request
 
 from . import inference
 from .kserve_client import InferenceError, Rejected, get_client
-from .passenger import validate
+from .passenger import validate_many
 
 bp = Blueprint("api", __name__)
 
@@ -33,14 +33,12 @@ def predict():
     limit = current_app.config["MAX_INSTANCES"]
     if len(raw) > limit:
         return _error(413, f"at most {limit} passengers per request", max_instances=limit)
-    instances, errors = [], []
-    for index, item in enumerate(raw):
-        if not isinstance(item, dict):
-            errors.append({"instance": index, "field": None, "message": "must be a JSON object"})
-            continue
-        clean, item_errors = validate(item, index)
-        instances.append(clean)
-        errors.extend(e.as_dict() for e in item_errors)
+    errors = [{"instance": i, "field": None, "message": "must be a JSON object"}
+              for i, item in enumerate(raw) if not isinstance(item, dict)]
+    if errors:
+        return _error(400, "invalid input", errors=errors)
+    instances, field_errors = validate_many(raw)  # one vectorised check of the whole list
+    errors = [e.as_dict() for e in field_errors]
     if errors:
         return _error(400, "invalid input", errors=errors)
     try:

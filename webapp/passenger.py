@@ -1,18 +1,22 @@
-"""The raw passenger a user describes: field definitions, defaults and validation.
+"""The raw passenger a user describes: field definitions, labels, defaults and validation.
 
-The same rules serve the HTML form (strings) and the JSON API (typed values). They mirror
-the transformer's checks so that most mistakes are reported before a network hop; the
-transformer stays the authority and its 400 field errors are shown the same way.
+The rules are `pipeline.schema`'s, the ones ingestion and the transformer apply, so a mistake
+is reported next to its field before the network hop and the two can never disagree; this
+module adds only what is particular to a web form (unknown keys, text fields, lengths).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-FIELDS = ("Name", "Sex", "Age", "Pclass", "SibSp", "Parch", "Fare", "Embarked", "Cabin")
+import numpy as np
+import pandas as pd
+
+from pipeline import schema
+
+FIELDS = tuple(schema.INSTANCE_FIELDS)
 
 SEXES = {"female": "Female", "male": "Male"}
 CLASSES = {1: "1st class", 2: "2nd class", 3: "3rd class"}
@@ -33,7 +37,6 @@ DEFAULTS: dict[str, Any] = {
 
 MAX_NAME = 200
 MAX_CABIN = 40
-MAX_AGE = 100  # same bounds as pipeline.schema, which the transformer applies
 
 
 @dataclass(frozen=True)
@@ -48,120 +51,6 @@ class FieldError:
         return {"instance": self.instance, "field": self.field, "message": self.message}
 
 
-class _Invalid(ValueError):
-    pass
-
-
-def _blank(value: Any) -> bool:
-    return value is None or (isinstance(value, str) and not value.strip())
-
-
-def _number(value: Any, *, integer: bool) -> float | int:
-    # Booleans are ints in Python but never a sensible age or fare.
-    if isinstance(value, bool):
-        raise _Invalid("must be a number")
-    if isinstance(value, str):
-        try:
-            value = float(value.strip())
-        except ValueError:
-            raise _Invalid("must be a number") from None
-    if not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise _Invalid("must be a number")
-    if integer:
-        if value != int(value):
-            raise _Invalid("must be a whole number")
-        return int(value)
-    return float(value)
-
-
-def _in_range(value: float, low: float, high: float | None = None) -> float:
-    if high is None and value < low:
-        raise _Invalid(f"must be at least {low:g}")
-    if high is not None and not low <= value <= high:
-        raise _Invalid(f"must be between {low:g} and {high:g}")
-    return value
-
-
-def _name(value: Any) -> str:
-    if _blank(value):
-        raise _Invalid("is required")
-    if not isinstance(value, str):
-        raise _Invalid("must be text")
-    value = value.strip()
-    if len(value) > MAX_NAME:
-        raise _Invalid(f"must be at most {MAX_NAME} characters")
-    return value
-
-
-def _sex(value: Any) -> str:
-    if _blank(value):
-        raise _Invalid("is required")
-    if not isinstance(value, str) or value.strip().lower() not in SEXES:
-        raise _Invalid("must be 'female' or 'male'")
-    return value.strip().lower()
-
-
-def _age(value: Any) -> float | None:
-    if _blank(value):
-        return None  # unknown: the model's imputer fills it, as for 177 training passengers
-    return _in_range(_number(value, integer=False), 0, MAX_AGE)
-
-
-def _pclass(value: Any) -> int:
-    if _blank(value):
-        raise _Invalid("is required")
-    try:
-        number = _number(value, integer=True)
-    except _Invalid:
-        number = None
-    if number not in CLASSES:
-        raise _Invalid("must be 1, 2 or 3")
-    return int(number)
-
-
-def _relatives(value: Any) -> int:
-    if _blank(value):
-        raise _Invalid("is required")
-    return int(_in_range(_number(value, integer=True), 0))
-
-
-def _fare(value: Any) -> float | None:
-    if _blank(value):
-        return None
-    return _in_range(_number(value, integer=False), 0)
-
-
-def _embarked(value: Any) -> str | None:
-    if _blank(value):
-        return None
-    if not isinstance(value, str) or value.strip().upper() not in PORTS:
-        raise _Invalid("must be one of C, Q, S")
-    return value.strip().upper()
-
-
-def _cabin(value: Any) -> str | None:
-    if _blank(value):
-        return None
-    if not isinstance(value, str):
-        raise _Invalid("must be text")
-    value = value.strip()
-    if len(value) > MAX_CABIN:
-        raise _Invalid(f"must be at most {MAX_CABIN} characters")
-    return value
-
-
-_PARSERS = {
-    "Name": _name,
-    "Sex": _sex,
-    "Age": _age,
-    "Pclass": _pclass,
-    "SibSp": _relatives,
-    "Parch": _relatives,
-    "Fare": _fare,
-    "Embarked": _embarked,
-    "Cabin": _cabin,
-}
-
 LABELS = {
     "Name": "Name",
     "Sex": "Sex",
@@ -175,23 +64,52 @@ LABELS = {
 }
 
 
-def validate(raw: Mapping[str, Any], instance: int = 0) -> tuple[dict[str, Any], list[FieldError]]:
-    """Normalise one passenger; returns the clean instance and the errors (empty when valid).
+TEXT_LIMITS = {"Name": MAX_NAME, "Cabin": MAX_CABIN}
 
-    Missing optional fields become None; unknown keys are reported so that typos
-    (`"age"` for `"Age"`) do not silently fall back to an imputed value.
+
+def _web_errors(raw: Mapping[str, Any], instance: int) -> list[FieldError]:
+    """What only a web client gets wrong: unknown keys, non-text names, oversized text."""
+    errors = [
+        FieldError(str(key)[:50], f"unknown field (expected one of {', '.join(FIELDS)})", instance)
+        for key in raw if key not in FIELDS
+    ]
+    for field, limit in TEXT_LIMITS.items():
+        value = raw.get(field)
+        if value is not None and not isinstance(value, str):
+            errors.append(FieldError(field, f"{LABELS[field]} must be text", instance))
+        elif value is not None and len(value.strip()) > limit:
+            errors.append(FieldError(field, f"{LABELS[field]} must be at most {limit} characters", instance))
+    return errors
+
+
+def _plain(value: Any) -> Any:
+    """numpy/pandas scalars to JSON-friendly Python; missing to None."""
+    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+        return None
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def validate_many(raws: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[FieldError]]:
+    """Normalise passengers with `pipeline.schema` in one vectorised call.
+
+    Returns the clean instances (valid ones only, in order) and every error, each naming its
+    instance index and field; missing optional fields become None.
     """
-    clean: dict[str, Any] = {}
-    errors: list[FieldError] = []
-    for field in FIELDS:
-        try:
-            clean[field] = _PARSERS[field](raw.get(field))
-        except _Invalid as exc:
-            errors.append(FieldError(field, f"{LABELS[field]} {exc}", instance))
-    for key in raw:
-        if key not in _PARSERS:
-            errors.append(FieldError(str(key)[:50], f"unknown field (expected one of {', '.join(FIELDS)})", instance))
+    errors = [e for i, raw in enumerate(raws) for e in _web_errors(raw, i)]
+    flagged = {(e.instance, e.field) for e in errors}
+    checked = schema.validate(pd.DataFrame([{f: raw.get(f) for f in FIELDS} for raw in raws]), require_id=False)
+    for position, field, reason in checked.rejected.itertuples(index=False):
+        if (position, field) not in flagged:  # one message per field: the web check is the clearer one
+            errors.append(FieldError(field, f"{LABELS[field]} {reason.removeprefix(field + ': ')}", int(position)))
+    errors.sort(key=lambda e: e.instance)
+    clean = [{f: _plain(v) for f, v in zip(FIELDS, row)} for row in checked.valid[list(FIELDS)].itertuples(index=False)]
     return clean, errors
+
+
+def validate(raw: Mapping[str, Any], instance: int = 0) -> tuple[dict[str, Any], list[FieldError]]:
+    """One passenger: the clean instance (empty when invalid) and its errors."""
+    clean, errors = validate_many([raw])
+    return (clean[0] if clean else {}), [FieldError(e.field, e.message, instance) for e in errors]
 
 
 def validate_form(form: Mapping[str, str]) -> tuple[dict[str, Any], list[FieldError]]:

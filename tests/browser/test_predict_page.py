@@ -68,7 +68,7 @@ def test_fill_submit_and_read_the_prediction(browser, live_url, model_server, ou
     page.fill("#Name", "")
     page.click("#predict-button")
     page.wait_for_selector("[data-error-for=Age]")
-    assert page.inner_text("[data-error-for=Age]") == "Age must be between 0 and 100"
+    assert page.inner_text("[data-error-for=Age]") == "Age must be between 0 and 100, got '150'"
     assert page.inner_text("[data-error-for=Name]") == "Name is required"
     assert page.get_attribute("#Age", "aria-invalid") == "true"
     assert page.query_selector("#result") is None

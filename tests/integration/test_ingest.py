@@ -80,7 +80,7 @@ def test_broken_rows_are_kept_with_line_and_reason(settings, db, tmp_path):
         rows = cur.fetchall()
     assert [r[0] for r in rows] == [3, 4, 5, 6, 7, 8]
     reasons = [r[1] for r in rows]
-    assert reasons[0].startswith("Sex:") and reasons[1].startswith("Age: must be <= 100")
+    assert reasons[0].startswith("Sex:") and reasons[1].startswith("Age: must be between 0 and 100")
     assert reasons[2].startswith("SibSp: must be a number") and reasons[3].startswith("PassengerId: duplicate")
     assert reasons[4].startswith("truncated line") and reasons[5].startswith("Embarked:")
     assert "woman" in rows[0][2]  # the raw row is kept verbatim

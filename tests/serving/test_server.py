@@ -107,7 +107,7 @@ def test_unknown_passenger_id_is_a_400_naming_the_field(model_server):
 
 
 @pytest.mark.parametrize("bad, field, text", [
-    ({"Age": -3}, "Age", "must be >= 0"),
+    ({"Age": -3}, "Age", "must be between 0 and 100"),
     ({"Sex": "robot"}, "Sex", "must be one of"),
     ({"Pclass": 4}, "Pclass", "must be one of"),
     ({"Name": None}, "Name", "is required"),

@@ -107,8 +107,8 @@ def test_api_field_errors_name_instance_and_field(down_app):
     response = down_app.test_client().post("/api/predict", json=[VALID, bad, {**VALID, "Pclass": 9}])
     assert response.status_code == 400
     assert response.json["errors"] == [
-        {"instance": 1, "field": "Age", "message": "Age must be a number"},
-        {"instance": 2, "field": "Pclass", "message": "Ticket class must be 1, 2 or 3"},
+        {"instance": 1, "field": "Age", "message": "Age must be a number, got 'old'"},
+        {"instance": 2, "field": "Pclass", "message": "Ticket class must be one of 1, 2, 3, got '9'"},
     ]
 
 

@@ -93,7 +93,7 @@ def test_transformer_field_errors_are_shown_next_to_the_field(app, monkeypatch):
 
 
 def test_transformer_field_errors_in_the_api_name_instance_and_field(app, monkeypatch):
-    monkeypatch.setattr(api, "validate", _no_local_validation)
+    monkeypatch.setattr(api, "validate_many", lambda raws: ([_no_local_validation(r)[0] for r in raws], []))
     response = app.test_client().post("/api/predict", json=[VALID, {**VALID, "Pclass": 7}])
     assert response.status_code == 400
     errors = response.json["errors"]
