@@ -45,9 +45,10 @@ $(AIRFLOW_VENV)/.installed: versions.env
 	touch $@
 
 .PHONY: system-deps
-system-deps: ## Install missing Debian packages (redis-server, promtool, chromium) with apt.
+system-deps: ## Install missing Debian packages (redis-server, promtool, chromium; node/npm if absent) with apt.
 	@missing=""; for p in redis-server prometheus chromium chromium-driver; do \
 	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
 	if [ -n "$$missing" ]; then echo "apt-get install$$missing" >&2; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
