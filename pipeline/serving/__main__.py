@@ -39,7 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--feature_lookup", default=True, type=lambda v: v.lower() in ("1", "true", "yes"),
                         help="transformer: serve id-only instances from the Redis online store")
     # Name defaults to MODEL_NAME; a hung predictor must not hold a request for KServe's 600 s default.
-    parser.set_defaults(model_name=None, predictor_request_timeout_seconds=5)
+    # A latency log line per request repeats KServe's request_*_seconds histograms: off unless asked for.
+    parser.set_defaults(model_name=None, predictor_request_timeout_seconds=5, enable_latency_logging=False)
     return parser
 
 
