@@ -42,6 +42,7 @@ class _Feature:
             self.expected = np.append(np.asarray(spec["proportions"], dtype=np.float64), float(spec.get("missing", 0.0)))
         else:
             self.categories = list(spec["proportions"])
+            self._code = {c: i for i, c in enumerate(self.categories)}
             # known categories, then one bin for values never seen in training
             self.expected = np.append(np.asarray([spec["proportions"][c] for c in self.categories], dtype=np.float64), 0.0)
         self.bins = len(self.expected)
@@ -52,9 +53,8 @@ class _Feature:
             out = np.searchsorted(self.edges, x, side="left")
             out[np.isnan(x)] = self.bins - 1
             return out
-        codes = pd.Categorical(values.astype(str), categories=self.categories).codes.astype(np.int64)
-        codes[codes < 0] = self.bins - 1
-        return codes
+        other = self.bins - 1  # features.transform gives str categories, "" for missing
+        return np.fromiter((self._code.get(v, other) for v in values.tolist()), dtype=np.int64, count=len(values))
 
 
 class DriftMonitor:

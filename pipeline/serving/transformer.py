@@ -222,6 +222,8 @@ class TitanicTransformer(Model):
         errors: list[list[dict]] = [[] for _ in requests]
         parts: list[list[pd.DataFrame]] = [[] for _ in requests]
         groups: list[list[tuple[int, int, dict]]] = [[]]  # (request, position, raw instance)
+        computed: list[tuple[pd.DataFrame, np.ndarray]] = []  # features of a group, and the request of each row
+        stored_of: list[pd.DataFrame | None] = [None] * len(requests)
         for k, instances in enumerate(requests):
             raw = []
             for i, inst in enumerate(instances):
@@ -237,6 +239,7 @@ class TitanicTransformer(Model):
                 stored = self._stored_features(ids, instances, errors[k])
                 if not stored.empty:
                     parts[k].append(stored)
+                    stored_of[k] = stored
         for group in groups:
             if not group:
                 continue
@@ -250,22 +253,31 @@ class TitanicTransformer(Model):
             X = features.transform(checked.valid)[self.artifacts.feature_columns]
             owner = np.array([group[p][0] for p in X.index])
             X.index = [group[p][1] for p in X.index]
-            for k in np.unique(owner):
-                parts[k].append(X[owner == k])
+            computed.append((X, owner))
+        failed = [k for k in range(len(requests)) if errors[k]]
+        drift = self.drift  # may be swapped by a version switch meanwhile
+        for X, owner in computed:
+            served = ~np.isin(owner, failed)
+            if drift is not None:  # one observation per batch: only vectors of requests that get an answer
+                drift.observe(X if served.all() else X[served])
+            if len(requests) == 1:
+                parts[0].append(X)
+            else:
+                for k in np.unique(owner[served]):
+                    parts[k].append(X[owner == k])
         for k in range(len(requests)):
             if errors[k]:
                 results[k] = InvalidInstances(sorted(errors[k], key=lambda e: e["instance"]))
-            else:
-                frames = parts[k]
-                results[k] = frames[0] if len(frames) == 1 else pd.concat(frames).sort_index()
+                continue
+            if drift is not None and stored_of[k] is not None:
+                drift.observe(stored_of[k])
+            frames = parts[k]
+            results[k] = frames[0] if len(frames) == 1 else pd.concat(frames).sort_index()
         return results
 
     async def preprocess(self, payload, headers=None):
         _REQUEST_IS_V2.set(isinstance(payload, InferRequest))
         X = await self._batcher.run(self._instances(payload))
-        drift = self.drift  # may be swapped by a version switch meanwhile
-        if drift is not None:
-            drift.observe(X)
         if self.predictor_config is not None and self.predictor_config.protocol == "v2":
             inputs = []
             for c in self.artifacts.numeric_features:
@@ -274,7 +286,8 @@ class TitanicTransformer(Model):
             for c in self.artifacts.categorical_features:
                 inputs.append(InferInput(c, [len(X)], "BYTES", X[c].tolist()))
             return InferRequest(model_name=self.name, infer_inputs=inputs)
-        return {"instances": X.to_dict("records")}
+        names = list(X.columns)
+        return {"instances": [dict(zip(names, row)) for row in zip(*(X[c].tolist() for c in names))]}
 
     # -- predictor call -------------------------------------------------------------------
 
