@@ -244,13 +244,15 @@ class TitanicTransformer(Model):
             if not group:
                 continue
             checked = schema.validate(pd.DataFrame([inst for _, _, inst in group]), require_id=False)
-            for row in checked.rejected.itertuples(index=False):
+            for row in (checked.rejected.itertuples(index=False) if len(checked.rejected) else ()):
                 k, i, _ = group[row.position]
                 message = row.reason.split(": ", 1)[1] if row.reason.startswith(row.field + ": ") else row.reason
                 errors[k].append({"instance": i, "field": row.field, "message": message})
             if checked.valid.empty:
                 continue
-            X = features.transform(checked.valid)[self.artifacts.feature_columns]
+            X = features.transform(checked.valid)
+            if list(X.columns) != self.artifacts.feature_columns:  # a model trained on a subset or another order
+                X = X[self.artifacts.feature_columns]
             owner = np.array([group[p][0] for p in X.index])
             X.index = [group[p][1] for p in X.index]
             computed.append((X, owner))
