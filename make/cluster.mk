@@ -145,7 +145,7 @@ airflow-install: ## Install Airflow (official chart, LocalExecutor, the titanic-
 	$(MAKE) --no-print-directory load LOAD_IMAGES=titanic-airflow
 	$(HELM_UP) airflow airflow --repo https://airflow.apache.org --version $(AIRFLOW_CHART_VERSION) -n airflow \
 	  -f $(VALUES)/airflow.yaml --set defaultAirflowTag=$(IMG_TAG) --set airflowVersion=$(AIRFLOW_VERSION) \
-	  --set-string webserver.defaultUser.password="$(call secret-get,airflow,airflow-admin,password)"
+	  --set-string createUserJob.defaultUser.password="$(call secret-get,airflow,airflow-admin,password)"
 
 ##@ Deploy
 

@@ -106,6 +106,8 @@ def test_kserve_values():
     assert kserve["controller"]["gateway"]["ingressGateway"]["className"] == "traefik"
     # KServe's default of 2Gi per component must be overridden.
     assert helm.memory_bytes(kserve["inferenceservice"]["resources"]["requests"]["memory"]) <= 256 * 2**20
+    # The controller's kube-rbac-proxy sidecar requests 300Mi unless overridden.
+    assert helm.memory_bytes(kserve["controller"]["rbacProxy"]["resources"]["requests"]["memory"]) <= 64 * 2**20
 
 
 def test_airflow_values():
@@ -123,12 +125,42 @@ def test_airflow_values():
     assert airflow["scheduler"]["serviceAccount"]["name"] == chart_values["airflow"]["serviceAccount"]
 
 
+def test_airflow_admin_user_is_the_relays():
+    """The user createUserJob makes is the one the web app's relay logs in with (POST /auth/token, FAB).
+
+    Chart >= 1.19 reads createUserJob.defaultUser; the deprecated webserver.defaultUser wins when present, so
+    setting only its password would create no user and the relay could never log in.
+    """
+    airflow = values("airflow.yaml")
+    assert "webserver" not in airflow
+    user = airflow["createUserJob"]["defaultUser"]
+    chart_values = yaml.safe_load((helm.CHART / "values.yaml").read_text())
+    assert user["username"] == chart_values["config"]["airflowUsername"] and user["role"] == "Admin"
+    assert "password" not in user  # never in a values file: passed at install from the generated Secret
+    assert airflow["config"]["core"]["auth_manager"] == "airflow.providers.fab.auth_manager.fab_auth_manager.FabAuthManager"
+    out = make("-n", "airflow-install")
+    assert "createUserJob.defaultUser.password=" in out and "webserver.defaultUser" not in out
+    # The install reads the same Secret key that `make credentials` writes and hands to the project chart.
+    assert "get secret airflow-admin -o jsonpath='{.data.password}'" in out
+    cluster_mk = (helm.REPO / "make" / "cluster.mk").read_text()
+    assert "airflow,airflow-admin,--from-literal=username=admin --from-literal=password=$$ap" in cluster_mk
+    assert 'airflowPassword: "%s"' in cluster_mk and '"$$ap"' in cluster_mk
+
+
 def test_data_service_values():
     seaweed = values("seaweedfs.yaml")
     assert seaweed["allInOne"]["enabled"] and not seaweed["master"]["enabled"]
     assert seaweed["allInOne"]["s3"]["existingConfigSecret"] == "seaweedfs-s3-config"
     valkey = values("valkey.yaml")
-    assert valkey["image"]["repository"] == "docker.io/valkey/valkey"
+    # valkey 0.11.0 renders <registry>/<repository>:<tag>: a registry inside repository would double it.
+    image = valkey["image"]
+    assert f'{image["registry"]}/{image["repository"]}:{image["tag"]}' == "docker.io/valkey/valkey:9.1.1"
+    assert "." not in image["repository"].split("/")[0], "repository must not carry the registry"
+    assert seaweed["allInOne"]["s3"]["port"] == 8333 and seaweed["allInOne"]["s3"]["enableAuth"] is True
+    # The chart names the all-in-one Service <release>-all-in-one; the project chart and the Makefile point there.
+    chart_values = yaml.safe_load((helm.CHART / "values.yaml").read_text())
+    assert chart_values["config"]["s3Endpoint"] == "seaweedfs-all-in-one.data.svc.cluster.local:8333"
+    assert "seaweedfs --repo" in (helm.REPO / "make" / "cluster.mk").read_text()
     traefik = values("traefik.yaml")
     assert traefik["ports"]["web"]["hostPort"] == 80 and traefik["ports"]["websecure"]["hostPort"] == 443
     assert traefik["nodeSelector"] == {"ingress-ready": "true"}
