@@ -81,7 +81,7 @@ def test_kube_prometheus_stack_values():
     kps = values("kube-prometheus-stack.yaml")
     assert kps["fullnameOverride"] == "kps"
     spec = kps["prometheus"]["prometheusSpec"]
-    for selector in ("serviceMonitor", "podMonitor", "rule"):
+    for selector in ("serviceMonitor", "podMonitor", "rule", "probe", "scrapeConfig"):
         assert spec[f"{selector}SelectorNilUsesHelmValues"] is False
     for target in ("kubeControllerManager", "kubeScheduler", "kubeEtcd", "kubeProxy"):
         assert kps[target]["enabled"] is False
