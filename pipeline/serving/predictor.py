@@ -93,8 +93,10 @@ class TitanicPredictor(Model):
                 InferOutput("probability", [n], "FP64", proba[:, 1].astype(np.float64).tolist()),
                 InferOutput("survived", [n], "INT64", decisions(proba).tolist()),
             ]
+            # The version also goes into parameters: kserve 0.21's REST client (InferResponse.from_bytes)
+            # drops the top-level model_version, which the transformer needs.
             return InferResponse(response_id=payload.id or "", model_name=self.name, infer_outputs=outputs,
-                                 model_version=self.version)
+                                 model_version=self.version, parameters={"model_version": self.version})
         if not isinstance(payload, dict):
             raise InvalidInput('expected a JSON object with "instances"')
         proba = self.runner.predict_proba(self._columns_from_instances(payload.get("instances")))

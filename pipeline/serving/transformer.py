@@ -153,8 +153,8 @@ class TitanicTransformer(Model):
                 values = tensor.as_numpy().reshape(-1).tolist()
                 columns[tensor.name] = [v.decode() if isinstance(v, bytes) else v for v in values]
             lengths = {len(v) for v in columns.values()}
-            if len(lengths) != 1:
-                raise InvalidInput("all input tensors must have the same length")
+            if len(lengths) != 1 or 0 in lengths:
+                raise InvalidInput("expected input tensors of one same, non-zero length (one per passenger field)")
             n = lengths.pop()
             return [{name: values[i] for name, values in columns.items()} for i in range(n)]
         instances = payload.get("instances") if isinstance(payload, dict) else None
@@ -314,7 +314,7 @@ class TitanicTransformer(Model):
         if isinstance(result, InferResponse):
             outputs = {o.name: o.as_numpy().reshape(-1) for o in result.outputs}
             survived, probability = outputs["survived"].astype(int).tolist(), outputs["probability"].astype(float).tolist()
-            version = result.model_version
+            version = result.model_version or dict(result.parameters or {}).get("model_version")
         else:
             survived = [int(p["survived"]) for p in result["predictions"]]
             probability = [float(p["probability"]) for p in result["predictions"]]

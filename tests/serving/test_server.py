@@ -180,3 +180,23 @@ def test_id_bearing_raw_instances_are_validated_per_request(model_server):
     assert len(first) == 1 and len(second) == 1
     assert isinstance(third, InvalidInstances) and third.errors[0]["instance"] == 1
     assert third.errors[0]["field"] == "PassengerId"
+
+
+def test_transformer_speaks_v2_to_the_predictor(model_server, tmp_path):
+    """--predictor_protocol v2: the transformer sends one tensor per feature and reads the V2 answer."""
+    from tests.fixtures.serving import start_transformer
+
+    transformer = start_transformer(model_server.trained, model_server.predictor, tmp_path,
+                                    "--predictor_protocol", "v2")
+    try:
+        raw = random_passengers(30, seed=9)
+        r = _v1(transformer.url, model_server.settings.model_name, instances(raw))
+        assert r.status_code == 200, r.text
+        assert r.json()["model_version"] == model_server.model_version
+        np.testing.assert_allclose([p["probability"] for p in r.json()["predictions"]],
+                                   _expected(model_server.model, raw), atol=MAX_DELTA)
+        empty = requests.post(f"{transformer.url}/v2/models/{model_server.settings.model_name}/infer",
+                              json={"inputs": []}, timeout=10)
+        assert empty.status_code == 400
+    finally:
+        transformer.stop()
