@@ -4,7 +4,8 @@ A model is trained by the real steps (ingest -> features -> train) on local serv
 - compute: the predictor's forest evaluation for 1 and 1,000 passengers, in process;
 - hop: one passenger's feature vector sent to the predictor over localhost HTTP (V1);
 - chain: one raw passenger through transformer -> predictor (validate, features, drift, predict);
-- throughput: predictions/s through the chain with 8 concurrent clients.
+- throughput: predictions/s through the chain with 8 concurrent clients;
+- transformer_compute: schema.validate and features.transform per call (the chain's floor).
 Each figure is taken with `--runtime onnx` and `--runtime sklearn`; ratios are sklearn / onnx.
 """
 
@@ -66,6 +67,20 @@ def _compute(model: artifacts.ModelArtifacts) -> dict:
                         "thousand_ms": round(_timed(lambda: runner.predict_proba(cols_1000), 30 if runtime == "onnx" else 10) * 1e3, 3)}
     out["ratio_one"] = round(out["sklearn"]["one_ms"] / out["onnx"]["one_ms"], 1)
     out["ratio_thousand"] = round(out["sklearn"]["thousand_ms"] / out["onnx"]["thousand_ms"], 1)
+    return out
+
+
+def _transformer_compute() -> dict:
+    """Where a lone request's transformer time goes: validate and transform cost per call, not per row."""
+    import pandas as pd
+
+    one = pd.DataFrame(instances(random_passengers(1, seed=3)))
+    eight = pd.DataFrame(instances(random_passengers(8, seed=4)))
+    out = {}
+    for label, frame in (("one", one), ("eight", eight)):
+        valid = schema.validate(frame, require_id=False).valid
+        out[f"validate_{label}_ms"] = round(_timed(lambda: schema.validate(frame, require_id=False), 200) * 1e3, 3)
+        out[f"transform_{label}_ms"] = round(_timed(lambda: features.transform(valid), 200) * 1e3, 3)
     return out
 
 
@@ -150,7 +165,7 @@ def run() -> dict:
         trained = train.run(settings, feature_set=feature_set, n_iter=10, cv=3, seed=42)
         model = artifacts.load(settings, model_uri=trained["artifact_uri"], with_model=True)
         result = {"model": {"version": model.version, "params": model.metadata.get("params")},
-                  "compute": _compute(model)}
+                  "compute": _compute(model), "transformer_compute": _transformer_compute()}
         for runtime in ("onnx", "sklearn"):
             result[runtime] = _servers(settings, trained["artifact_uri"], runtime, Path(tmp))
         onnx, sk = result["onnx"], result["sklearn"]
