@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import logging
 import threading
+import time
 from typing import Any, Callable
 
 import httpx
@@ -98,6 +99,8 @@ class _Coalescer:
 class TitanicTransformer(Model):
     """Overrides preprocess/postprocess, and predict only to turn transport failures into 502/503."""
 
+    FOLLOW_RETRY_SECONDS = 60
+
     def __init__(self, name: str, artifacts: ModelArtifacts | None, *, drift_options: dict | None = None,
                  feature_store=None, locate: Callable[[str], ModelArtifacts] | None = None):
         """
@@ -115,6 +118,7 @@ class TitanicTransformer(Model):
         self.artifacts = self.drift = None
         self._use(artifacts or ModelArtifacts(version="", source="none", metadata={}, reference=None))
         self._switching: set[str] = set()
+        self._retry_at: dict[str, float] = {}
         self._batcher = _Coalescer(self.features_of_many)
         self.ready = True
 
@@ -131,13 +135,17 @@ class TitanicTransformer(Model):
         """Load `version`'s metadata and reference in the background when the predictor switched to it."""
         if not version or version == self.artifacts.version or self.locate is None or version in self._switching:
             return
+        if time.monotonic() < self._retry_at.get(version, 0.0):
+            return
         self._switching.add(version)
 
         def load() -> None:
             try:
                 self._use(self.locate(version))
-            except Exception:  # keep serving with the old reference; retried on a later answer
-                logger.exception("cannot load metadata/reference of model version %s", version)
+            except Exception:  # keep serving with the old reference; retried later, not on every answer
+                self._retry_at[version] = time.monotonic() + self.FOLLOW_RETRY_SECONDS
+                logger.exception("cannot load metadata/reference of model version %s; retrying in %ds",
+                                 version, self.FOLLOW_RETRY_SECONDS)
             finally:
                 self._switching.discard(version)
 
