@@ -47,3 +47,14 @@ def test_predictor_hung_then_killed(trained_model, tmp_path):
         if transformer:
             transformer.stop()
         predictor.stop()
+
+
+def test_predictor_error_answer_is_a_502(trained_model, model_server, tmp_path):
+    """A predictor that answers with an error (here 404: it serves no model of that name) -> 502 naming it."""
+    transformer = start_transformer(trained_model, model_server.predictor, tmp_path, "--model_name", "other")
+    try:
+        r = requests.post(f"{transformer.url}/v1/models/other:predict", json={"instances": [ROSE]}, timeout=30)
+        assert r.status_code == 502, r.text
+        assert "answered HTTP 404" in r.json()["error"]
+    finally:
+        transformer.stop()
