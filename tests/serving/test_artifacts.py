@@ -70,4 +70,4 @@ def test_predictor_process_refuses_to_start(tmp_path, files, message):
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 1, proc.stderr[-2000:]
-    assert f"error: predictor: " in proc.stderr and message in proc.stderr
+    assert "error: predictor: " in proc.stderr and message in proc.stderr
