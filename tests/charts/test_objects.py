@@ -55,6 +55,10 @@ def test_inference_service_serving_contract(objects):
         assert helm.memory_bytes(c["resources"]["requests"]["memory"]) <= 256 * 2**20
     predictor_env = {e["name"]: e["value"] for e in container(isvc["spec"]["predictor"], "kserve-container")["env"]}
     assert predictor_env["STORAGE_URI"] == "s3://models/titanic/none"  # bootstrap until the deploy step patches it
+    # The transformer reads drift references (S3) and stored features (Redis) with the pipeline's settings.
+    transformer = container(isvc["spec"]["transformer"], "kserve-container")
+    assert transformer["envFrom"] == [{"configMapRef": {"name": "titanic-config"}},
+                                      {"secretRef": {"name": "titanic-secrets"}}]
 
 
 def test_model_version_value_sets_storage_uri():
