@@ -13,7 +13,8 @@ import bench
 
 
 def main(argv: list[str]) -> int:
-    names = argv or sorted(m.name for m in pkgutil.iter_modules(bench.__path__) if not m.name.startswith("_"))
+    names = argv or sorted(m.name for m in pkgutil.iter_modules(bench.__path__)
+                           if hasattr(importlib.import_module(f"bench.{m.name}"), "run"))
     results = {}
     out_dir = Path("bench/results")
     out_dir.mkdir(parents=True, exist_ok=True)

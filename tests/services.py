@@ -23,6 +23,9 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Callable
+
+import requests
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 STATE_FILE = "services.json"
@@ -74,6 +77,36 @@ def wait_for_port(port: int, what: str, timeout: float = 30.0) -> None:
                 return
         time.sleep(0.05)
     raise RuntimeError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+def wait_http(url: str, proc: subprocess.Popen, what: str, *, timeout: float, log: Callable[[], str] = str,
+              ready: Callable[[requests.Response], bool] = lambda r: r.status_code == 200) -> None:
+    """Poll `url` until `ready(response)`; fail early, with the log's tail, if `proc` exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited with {proc.returncode}:\n{log()[-3000:]}")
+        try:
+            if ready(requests.get(url, timeout=2)):
+                return
+        except requests.RequestException:
+            pass  # not listening yet, or still importing
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} not ready at {url} within {timeout:.0f}s:\n{log()[-3000:]}")
+
+
+def stop_process(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+    """SIGTERM (the whole process group when it has its own session), SIGKILL if it lingers."""
+    if proc.poll() is not None:
+        return
+    own_group = os.getpgid(proc.pid) == proc.pid
+    send = (lambda sig: os.killpg(proc.pid, sig)) if own_group else proc.send_signal
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:  # e.g. uvicorn waiting for keep-alive clients
+        send(signal.SIGKILL)
+        proc.wait(timeout=timeout)
 
 
 def _wait_closed(port: int, timeout: float = 10.0) -> None:

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import requests
 
-from tests.services import free_port
+from tests.services import free_port, stop_process, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 AIRFLOW = REPO / ".venv-airflow" / "bin" / "airflow"
@@ -86,27 +84,15 @@ def start(home: Path, timeout: float = 120.0) -> tuple[AirflowServer, subprocess
         start_new_session=True,  # own process group: stop() ends uvicorn's worker processes too
     )
     server = AirflowServer(f"http://127.0.0.1:{port}", username, password, home)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"airflow api-server exited {proc.returncode}: {(home / 'api-server.log').read_text()[-3000:]}")
-        try:
-            if requests.get(f"{server.url}/api/v2/monitor/health", timeout=2).status_code == 200:
-                return server, proc
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.5)
-    stop(proc)
-    raise RuntimeError(f"airflow api-server not healthy within {timeout:.0f}s")
+    try:
+        wait_http(f"{server.url}/api/v2/monitor/health", proc, "airflow api-server", timeout=timeout,
+                  log=lambda: (home / "api-server.log").read_text())
+    except BaseException:
+        stop(proc)
+        raise
+    return server, proc
 
 
 def stop(proc: subprocess.Popen) -> None:
-    """Terminate the API server's process group, killing it if it lingers."""
-    if proc.poll() is not None:
-        return
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait(timeout=10)
+    """Terminate the API server's process group (uvicorn workers included)."""
+    stop_process(proc, timeout=20)

@@ -7,12 +7,10 @@ import os
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import requests
 
-from tests.services import free_port
+from tests.services import free_port, stop_process, wait_http
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -40,26 +38,7 @@ def gunicorn(env: dict[str, str], *, workers: int = 2, threads: int = 4):
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            _wait_healthy(url, proc)
+            wait_http(f"{url}/healthz", proc, "gunicorn", timeout=60, log=lambda: proc.stderr.read())
             yield url
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-
-
-def _wait_healthy(url: str, proc: subprocess.Popen, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"gunicorn exited with {proc.returncode}: {proc.stderr.read()[-2000:]}")
-        try:
-            if requests.get(f"{url}/healthz", timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass  # not listening yet, or the workers are still importing the app
-        time.sleep(0.1)
-    raise RuntimeError(f"gunicorn did not become healthy within {timeout:.0f}s")
+            stop_process(proc, timeout=20)
