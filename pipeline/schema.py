@@ -6,6 +6,7 @@ apply exactly the same rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -22,6 +23,16 @@ INSTANCE_FIELDS = ["Name", "Sex", "Age", "Pclass", "SibSp", "Parch", "Fare", "Em
 SEXES = ("male", "female")
 PORTS = ("C", "Q", "S")
 CLASSES = (1, 2, 3)
+
+
+@dataclass(frozen=True)
+class Checked:
+    """Typed values of every record (float64 numbers, NaN/None for blanks), which records passed,
+    and one (position, field, reason) per bad field."""
+
+    values: dict[str, np.ndarray]
+    ok: np.ndarray
+    problems: list[tuple[int, str, str]]
 
 
 @dataclass(frozen=True)
@@ -91,15 +102,15 @@ def _check_choice(text, choices, *, blank_ok, upper=False):
     return np.where(blank, None, value.astype(object)), _first_error(text, checks)
 
 
-def validate(frame: pd.DataFrame, *, require_id: bool = True) -> Validated:
-    """Validate raw records (strings from a CSV or JSON values) column by column.
+def check(columns: Mapping[str, Sequence], n: int, *, require_id: bool = True) -> Checked:
+    """The rules themselves, on plain columns (name -> n raw values; absent names are blank).
 
-    `require_id=False` is the prediction path: PassengerId and Ticket may be absent there.
+    `validate` wraps this in DataFrames; the web app calls it directly, because building two
+    DataFrames would cost more than the checks for the one passenger of a form.
     """
-    n = len(frame)
 
     def col(name: str) -> np.ndarray:
-        return _text(frame[name].to_numpy()) if name in frame else np.full(n, "", dtype=str)
+        return _text(columns[name]) if name in columns else np.full(n, "", dtype=str)
 
     out: dict[str, np.ndarray] = {}
     errors: dict[str, np.ndarray] = {}
@@ -123,27 +134,31 @@ def validate(frame: pd.DataFrame, *, require_id: bool = True) -> Validated:
         text = col(free_text)
         out[free_text] = np.where(text == "", None, text.astype(object))
 
-    # One row per (record, bad field), in input order: the reason names the field.
-    positions, fields, reasons = [], [], []
-    for field, msg in errors.items():
-        bad = np.flatnonzero(msg != "")
-        positions.append(bad)
-        fields += [field] * len(bad)
-        reasons += [f"{field}: {m}" for m in msg[bad]]
-    rejected = pd.DataFrame({"position": np.concatenate(positions).astype("int64"), "field": fields, "reason": reasons})
-    if len(rejected):
-        rejected = rejected.sort_values("position", kind="stable").reset_index(drop=True)
+    # One entry per (record, bad field), in input order: the reason names the field.
+    problems = [(int(pos), field, f"{field}: {msg[pos]}") for field, msg in errors.items()
+                for pos in np.flatnonzero(msg != "")]
+    problems.sort(key=lambda p: p[0])  # stable: fields stay in schema order within a record
     ok = np.ones(n, dtype=bool)
-    ok[rejected["position"].to_numpy()] = False
+    ok[[p[0] for p in problems]] = False
+    return Checked(out, ok, problems)
 
-    columns = {c: out[c][ok] for c in COLUMNS}
+
+def validate(frame: pd.DataFrame, *, require_id: bool = True) -> Validated:
+    """Validate raw records (strings from a CSV or JSON values) column by column.
+
+    `require_id=False` is the prediction path: PassengerId and Ticket may be absent there.
+    """
+    n = len(frame)
+    checked = check({c: frame[c].to_numpy() for c in frame.columns}, n, require_id=require_id)
+    ok = checked.ok
+    columns = {c: checked.values[c][ok] for c in COLUMNS}
     for c in (ID, LABEL):  # nullable integers: the id is absent from requests, the label from new data
         missing = np.isnan(columns[c])
         columns[c] = pd.arrays.IntegerArray(np.where(missing, 0, columns[c]).astype("int64"), missing)
     for c in ("Pclass", "SibSp", "Parch"):
         columns[c] = columns[c].astype("int64")
-    valid = pd.DataFrame(columns, index=pd.RangeIndex(n)[ok])
-    return Validated(valid=valid, rejected=rejected)
+    rejected = pd.DataFrame(checked.problems, columns=["position", "field", "reason"]).astype({"position": "int64"})
+    return Validated(valid=pd.DataFrame(columns, index=pd.RangeIndex(n)[ok]), rejected=rejected)
 
 
 def reasons_by_position(rejected: pd.DataFrame) -> pd.Series:

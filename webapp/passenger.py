@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from pipeline import schema
 
@@ -82,27 +81,33 @@ def _web_errors(raw: Mapping[str, Any], instance: int) -> list[FieldError]:
     return errors
 
 
-def _plain(value: Any) -> Any:
-    """numpy/pandas scalars to JSON-friendly Python; missing to None."""
-    if value is None or value is pd.NA or (isinstance(value, float) and np.isnan(value)):
+_INTEGERS = {"Pclass", "SibSp", "Parch"}
+
+
+def _plain(field: str, value: Any) -> Any:
+    """numpy scalars to JSON-friendly Python (whole-number fields as int); missing to None."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
         return None
-    return value.item() if isinstance(value, np.generic) else value
+    value = value.item() if isinstance(value, np.generic) else value
+    return int(value) if field in _INTEGERS else value
 
 
 def validate_many(raws: Sequence[Mapping[str, Any]]) -> tuple[list[dict[str, Any]], list[FieldError]]:
-    """Normalise passengers with `pipeline.schema` in one vectorised call.
+    """Normalise passengers with `pipeline.schema.check` in one vectorised call.
 
     Returns the clean instances (valid ones only, in order) and every error, each naming its
     instance index and field; missing optional fields become None.
     """
     errors = [e for i, raw in enumerate(raws) for e in _web_errors(raw, i)]
     flagged = {(e.instance, e.field) for e in errors}
-    checked = schema.validate(pd.DataFrame([{f: raw.get(f) for f in FIELDS} for raw in raws]), require_id=False)
-    for position, field, reason in checked.rejected.itertuples(index=False):
+    columns = {f: [raw.get(f) for raw in raws] for f in FIELDS}
+    checked = schema.check(columns, len(raws), require_id=False)
+    for position, field, reason in checked.problems:
         if (position, field) not in flagged:  # one message per field: the web check is the clearer one
-            errors.append(FieldError(field, f"{LABELS[field]} {reason.removeprefix(field + ': ')}", int(position)))
+            errors.append(FieldError(field, f"{LABELS[field]} {reason.removeprefix(field + ': ')}", position))
     errors.sort(key=lambda e: e.instance)
-    clean = [{f: _plain(v) for f, v in zip(FIELDS, row)} for row in checked.valid[list(FIELDS)].itertuples(index=False)]
+    valid = np.flatnonzero(checked.ok)
+    clean = [{f: _plain(f, checked.values[f][i]) for f in FIELDS} for i in valid]
     return clean, errors
 
 

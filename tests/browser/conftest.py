@@ -20,7 +20,9 @@ CHROMIUM_ARGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Package scope, not session: Playwright's sync API keeps an asyncio loop running in the main
+# thread while it is open, and later tests that call asyncio.run() would find it.
+@pytest.fixture(scope="package")
 def browser():
     from playwright.sync_api import sync_playwright
 
