@@ -116,7 +116,11 @@ def check(columns: Mapping[str, Sequence], n: int, *, require_id: bool = True) -
     errors: dict[str, np.ndarray] = {}
 
     pid, errors[ID] = _check_number(col(ID), blank_ok=not require_id, lo=1, integer=True)
-    dup = ~np.isnan(pid) & pd.Series(pid).duplicated(keep="first").to_numpy()
+    known = np.flatnonzero(~np.isnan(pid))
+    first = known[np.unique(pid[known], return_index=True)[1]]
+    dup = np.zeros(n, dtype=bool)
+    dup[known] = True
+    dup[first] = False
     errors[ID][(errors[ID] == "") & dup] = "duplicate of an earlier row"  # the first one wins
     out[ID] = pid
     out[LABEL], errors[LABEL] = _check_number(col(LABEL), blank_ok=True, integer=True, choices=(0, 1))
