@@ -99,6 +99,9 @@ def inference_service_body(name: str, namespace: str, uri: str, image: str = MOD
     def component(role: str) -> dict:
         # STORAGE_URI on the custom predictor makes KServe's storage initializer fetch the model.
         storage = [{"name": "STORAGE_URI", "value": uri}] if role == "predictor" else []
+        # The transformer reads drift references (S3) and stored features (Redis) with the step pods' settings.
+        settings_from = {"envFrom": [{"configMapRef": {"name": "titanic-config"}},
+                                     {"secretRef": {"name": "titanic-secrets"}}]} if role == "transformer" else {}
         return {
             "minReplicas": 1,
             "maxReplicas": 1,
@@ -111,6 +114,7 @@ def inference_service_body(name: str, namespace: str, uri: str, image: str = MOD
                     "imagePullPolicy": "IfNotPresent",
                     "args": [role, "--model_name", name],
                     "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
+                    **settings_from,
                     "env": [*storage, {"name": "MODEL_NAME", "value": name}, {"name": "LOG_LEVEL", "value": log_level}],
                     "readinessProbe": {"httpGet": {"path": f"/v1/models/{name}", "port": "http1"},
                                        "periodSeconds": 5, "failureThreshold": 3},
