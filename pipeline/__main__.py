@@ -26,13 +26,21 @@ STEPS = {
 XCOM_DIR = Path("/airflow/xcom")  # KubernetesPodOperator's do_xcom_push sidecar reads return.json here
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows each default once: help texts that already name theirs are left as they are."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        return text if "default" in text else super()._get_help_string(action)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pipeline", description="Titanic MLOps pipeline steps.")
     sub = parser.add_subparsers(dest="step", required=True, metavar="STEP")
     for name, module_name in STEPS.items():
         module = importlib.import_module(module_name)
         doc = (module.__doc__ or "").strip().splitlines()[0]
-        step = sub.add_parser(name, help=doc, description=doc, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        step = sub.add_parser(name, help=doc, description=doc, formatter_class=_HelpFormatter)
         module.add_arguments(step)
         step.set_defaults(_module=module)
     return parser
