@@ -53,7 +53,7 @@ system-deps: ## Install missing Debian packages (redis-server, promtool, chromiu
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 .PHONY: services-up
-services-up: venv versitygw ## Start Postgres, Redis and an S3 server locally; `eval "$$(make -s services-up)"` exports their settings.
+services-up: venv versitygw ## Start Postgres, Redis and an S3 server locally; `eval "$(make -s services-up)"` exports their settings.
 	@$(PY) -m tests.services up --dir $(SERVICES_DIR) --versitygw $(VERSITYGW)
 
 .PHONY: services-down
