@@ -53,18 +53,23 @@ def run(
     conn = postgres.connect(settings)
     try:
         entry = registry.get(conn, settings.model_name, version)
-        if entry["status"] not in DEPLOYABLE:
-            raise PipelineError(
-                f"model {settings.model_name} version {version} is {entry['status']}; only {' or '.join(DEPLOYABLE)} "
-                "versions are deployed"
-            )
-        uri = model_uri(settings, version)
-        result = {"version": version, "target": target, "storage_uri": uri, "previous_uri": None}
-        if target == "cluster":
-            isvc = InferenceService(api or _custom_objects_api(), namespace, settings.model_name)
-            result["previous_uri"] = isvc.rollout(uri, timeout=timeout, poll_interval=poll_interval)
-            result["namespace"] = namespace
-        # Only now, with the new model serving, does the registry change.
+    finally:
+        # closed before the rollout: no transaction (and no connection to lose) during a wait of --timeout
+        conn.close()
+    if entry["status"] not in DEPLOYABLE:
+        raise PipelineError(
+            f"model {settings.model_name} version {version} is {entry['status']}; only {' or '.join(DEPLOYABLE)} "
+            "versions are deployed"
+        )
+    uri = model_uri(settings, version)
+    result = {"version": version, "target": target, "storage_uri": uri, "previous_uri": None}
+    if target == "cluster":
+        isvc = InferenceService(api or _custom_objects_api(), namespace, settings.model_name)
+        result["previous_uri"] = isvc.rollout(uri, timeout=timeout, poll_interval=poll_interval)
+        result["namespace"] = namespace
+    # Only now, with the new model serving, does the registry change.
+    conn = postgres.connect(settings)
+    try:
         result["previous_version"] = registry.promote(conn, settings.model_name, version)
     finally:
         conn.close()

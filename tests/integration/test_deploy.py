@@ -429,3 +429,30 @@ def test_cli_exits_non_zero_with_a_clear_message_after_a_rollback(settings, mode
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout.strip().splitlines()[-1])["storage_uri"] == deploy.model_uri(settings, "v2")
     assert models()["v2"] == "production"
+
+
+def test_no_transaction_is_held_open_while_waiting_for_the_rollout(settings, models, serving_v1):
+    """The wait can last --timeout (300 s): an open transaction meanwhile would block migrations on
+    model_versions, and a dropped connection (a Postgres failover) would lose the promote after the
+    cluster already serves the new model."""
+    seen = []
+
+    def controller(isvc):
+        if deploy.find_storage_uri(isvc)[1] == deploy.model_uri(settings, "v2") and not seen:
+            other = postgres.connect(settings, migrated=False)
+            try:
+                with other, other.cursor() as cur:
+                    cur.execute("SET LOCAL lock_timeout = '200ms'")
+                    try:
+                        cur.execute("LOCK TABLE model_versions IN ACCESS EXCLUSIVE MODE")
+                        seen.append("free")
+                    except Exception as exc:  # LockNotAvailable: someone holds a lock on the table
+                        seen.append(f"locked: {type(exc).__name__}")
+            finally:
+                other.close()
+        _ready(isvc)
+
+    serving_v1.controller = controller
+    deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), poll_interval=0.01)
+    assert seen == ["free"]
+    assert models()["v2"] == "production"
