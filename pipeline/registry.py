@@ -74,11 +74,13 @@ def promote(conn, model_name: str, version: str) -> str | None:
     """
     get(conn, model_name, version)
     with conn, conn.cursor() as cur:
+        # Every row of the model, locked in one order: concurrent promotes run one after the other and
+        # each sees what the previous one committed (locking only the production row missed a version
+        # promoted meanwhile: a wrong `previous`, or a unique violation when there was no production yet).
         cur.execute(
-            "SELECT version FROM model_versions WHERE model_name = %s AND status = 'production' FOR UPDATE", (model_name,)
+            "SELECT version, status FROM model_versions WHERE model_name = %s ORDER BY version FOR UPDATE", (model_name,)
         )
-        row = cur.fetchone()
-        previous = row[0] if row else None
+        previous = next((v for v, status in cur.fetchall() if status == "production"), None)
         if previous == version:
             return previous
         cur.execute(
