@@ -132,7 +132,7 @@ def _raw_line(row: list[str]) -> str:
 
 
 def _upsert(cur, valid: pd.DataFrame, batch_id: str) -> None:
-    """One COPY into a temporary table, then one upsert that touches only rows whose data changed."""
+    """One COPY into a temporary table, then one upsert that touches only rows whose data or batch changed."""
     cols = list(DB_COLUMNS.values())
     cur.execute("CREATE TEMP TABLE incoming (LIKE passengers INCLUDING DEFAULTS) ON COMMIT DROP")
     frame = valid.rename(columns=DB_COLUMNS)[cols].assign(batch_id=batch_id)
@@ -141,12 +141,16 @@ def _upsert(cur, valid: pd.DataFrame, batch_id: str) -> None:
     buf.seek(0)
     cur.copy_expert(f"COPY incoming ({', '.join(cols)}, batch_id) FROM STDIN WITH (FORMAT csv, NULL '')", buf)
     data_cols = [c for c in cols if c != "passenger_id"]
+    changed = (f"({', '.join('passengers.' + c for c in data_cols)}) IS DISTINCT FROM "
+               f"({', '.join('EXCLUDED.' + c for c in data_cols)})")
+    # Every row of the file takes its batch id (`features --batch` must cover the whole file, not only
+    # the rows that changed); ingested_at moves only when the data did.
     cur.execute(
         f"INSERT INTO passengers ({', '.join(cols)}, batch_id) SELECT {', '.join(cols)}, batch_id FROM incoming "
         f"ON CONFLICT (passenger_id) DO UPDATE SET "
         + ", ".join(f"{c} = EXCLUDED.{c}" for c in [*data_cols, "batch_id"])
-        + ", ingested_at = now() "
-        f"WHERE ({', '.join('passengers.' + c for c in data_cols)}) IS DISTINCT FROM ({', '.join('EXCLUDED.' + c for c in data_cols)})"
+        + f", ingested_at = CASE WHEN {changed} THEN now() ELSE passengers.ingested_at END "
+        f"WHERE {changed} OR passengers.batch_id IS DISTINCT FROM EXCLUDED.batch_id"
     )
 
 

@@ -133,3 +133,26 @@ def test_cli_prints_json_summary_last_and_exits_nonzero_on_refusal(settings, tmp
     bad = subprocess.run([sys.executable, "-m", "pipeline", "ingest", "--source", str(TRAIN_CSV), "--sha256", "0" * 64],
                          cwd=REPO, env=env, capture_output=True, text=True)
     assert bad.returncode == 1 and "checksum mismatch" in bad.stderr and bad.stdout == ""
+
+
+def test_a_later_file_owns_all_its_rows_so_features_of_its_batch_cover_the_file(settings, db, tmp_path):
+    """The DAG runs `features --batch <ingest's batch_id>`: a new file repeating known passengers must
+    still give a feature set of the whole file, not only of the rows that changed."""
+    from pipeline.steps import features
+
+    ingest.run(settings, source=write(tmp_path, HEADER, *(ROW.format(pid=p) for p in (1, 2, 3))), batch_id="b1")
+    with db.cursor() as cur:
+        cur.execute("SELECT passenger_id, ingested_at FROM passengers ORDER BY 1")
+        first_seen = dict(cur.fetchall())
+    db.rollback()
+    later = write(tmp_path, HEADER, *(ROW.format(pid=p) for p in (1, 2, 3, 4)), name="b2.csv")
+    ingest.run(settings, source=later, batch_id="b2")
+
+    assert list(features.load_passengers(db, "b2")["PassengerId"]) == [1, 2, 3, 4]
+    with db.cursor() as cur:
+        cur.execute("SELECT passenger_id, ingested_at FROM passengers WHERE passenger_id < 4 ORDER BY 1")
+        assert dict(cur.fetchall()) == first_seen  # unchanged data: still first ingested then
+    db.rollback()
+    # and re-ingesting the same file stays a no-op
+    ingest.run(settings, source=later, batch_id="b2")
+    assert count(db, "passengers", "batch_id = 'b2'") == 4
