@@ -118,3 +118,39 @@ def test_cli_exit_codes(gate):
 def test_unknown_version_is_a_clear_error(settings):
     with pytest.raises(ModelNotFound, match="no version 'nope'"):
         evaluate.run(settings, version="nope")
+
+
+def test_production_is_not_scored_on_rows_it_was_trained_on(gate):
+    """A production model split with another seed trained on most of the candidate's hold-out: scored
+    there, it would look far better than it is and veto good candidates (leakage into the gate)."""
+    from pipeline import model
+    from pipeline.steps.features import read_snapshot
+
+    settings, good, _ = gate
+    feature_set = status(settings, good)["feature_set"]
+    other = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=7)["version"]
+    conn = postgres.connect(settings)
+    try:
+        registry.set_status(conn, settings.model_name, other, "approved")
+        registry.promote(conn, settings.model_name, other)
+    finally:
+        conn.close()
+    try:
+        verdict = evaluate.run(settings, version=good, min_accuracy=0.0, tolerance=0.01)
+
+        cand, prod = (model.load_json(settings, status(settings, v)["artifact_uri"]) for v in (good, other))
+        snapshot = read_snapshot(settings, feature_set)
+        unseen = [i for i in cand["holdout_ids"] if i in set(prod["holdout_ids"])]
+        assert 0 < len(unseen) < len(cand["holdout_ids"])  # the two splits overlap only in part
+        expected = evaluate.holdout_accuracy(settings, status(settings, other)["artifact_uri"], snapshot.loc[unseen],
+                                             prod["feature_columns"])
+        leaky = evaluate.holdout_accuracy(settings, status(settings, other)["artifact_uri"],
+                                          snapshot.loc[cand["holdout_ids"]], prod["feature_columns"])
+        assert leaky > expected  # what the gate must not use
+        assert verdict["production_version"] == other
+        assert verdict["production_accuracy"] == expected and verdict["compared_rows"] == len(unseen)
+    finally:
+        conn = postgres.connect(settings)
+        with conn, conn.cursor() as cur:
+            cur.execute("UPDATE model_versions SET status = 'approved' WHERE status = 'production'")
+        conn.close()
