@@ -35,6 +35,8 @@ logger = logging.getLogger(__name__)
 
 # Large sets are written in MSET chunks sent in one pipeline: one round trip, bounded command size.
 CHUNK = 5000
+# An incomplete build younger than this may still be writing (a concurrent features run): GC leaves it.
+INCOMPLETE_GRACE_SECONDS = 3600
 
 
 def new_version(now: datetime | None = None) -> str:
@@ -111,7 +113,8 @@ class FeatureStore:
     def gc(self) -> list[str]:
         """Delete versions older than current beyond the newest `feature_sets_keep` (current included).
 
-        Builds newer than current (in progress) are left alone. Entity keys are enumerated
+        Builds newer than current, and incomplete ones started less than `INCOMPLETE_GRACE_SECONDS`
+        ago, are in progress and left alone. Entity keys are enumerated
         with SCAN, never KEYS, so a crashed build's keys are found too. Returns the deleted ones.
         """
         current = self.current()
@@ -123,7 +126,10 @@ class FeatureStore:
         older = [v for v, score in started.items() if score < started[current]]  # oldest first
         complete = [v for v in older if self.client.exists(self._meta(v))]
         kept = set(complete[len(complete) - (self.keep - 1):]) if self.keep > 1 else set()
-        doomed = [v for v in older if v not in kept]
+        # an incomplete build counts as crashed only once it is old enough: a live one would lose the
+        # keys it is writing and, dropped from `versions`, would never be collected after activation
+        recent = time.time() - INCOMPLETE_GRACE_SECONDS
+        doomed = [v for v in older if v not in kept and (v in complete or started[v] < recent)]
         for version in doomed:
             pattern = key(self.prefix, "v", version, "*")
             batch = []

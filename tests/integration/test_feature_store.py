@@ -177,3 +177,34 @@ def test_features_step_on_an_empty_table_is_a_clear_error(settings, db):
         features_step.run(settings)
     with pytest.raises(features_step.NoPassengers, match="batch 'nope'"):
         features_step.run(settings, batch="nope")
+
+
+def test_a_build_in_progress_survives_the_gc_of_a_build_that_finished_first(make_store, frame):
+    """Two feature builds overlap; the later one finishes (and garbage-collects) while the earlier one
+    has registered its version but not yet written its keys. The earlier build must not be taken for
+    a crashed one: once it activates it is listed, readable, and later collected like any other."""
+    first, second = make_store(keep=2), make_store(keep=2)
+    small = frame.head(50)
+    pipeline = first.client.pipeline
+    finished = []
+
+    def pipeline_after_the_other_build(*args, **kwargs):
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+
+        def execute_later():
+            if not finished:  # the other build completes between our registration and our writes
+                finished.append(second.write(small.assign(Fare=0.0)))
+            return execute()
+
+        pipe.execute = execute_later
+        return pipe
+
+    first.client.pipeline = pipeline_after_the_other_build
+    slow = first.write(small)
+    assert finished and first.current() == slow
+    assert first.versions() == [slow, finished[0]]  # by start time
+    assert first.read(slow).equals(small)
+    later = [second.write(small) for _ in range(2)]
+    assert second.versions() == later
+    assert not list(second.client.scan_iter(match=key(second.prefix, "v", slow, "*")))  # no leaked keys
