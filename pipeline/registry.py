@@ -56,15 +56,22 @@ def list_versions(conn, model_name: str, limit: int = 50) -> list[dict[str, Any]
         return [dict(r) for r in cur.fetchall()]
 
 
-def set_status(conn, model_name: str, version: str, status: str, reason: str | None = None) -> None:
+def set_status(conn, model_name: str, version: str, status: str, reason: str | None = None) -> bool:
+    """Set a version's status; False (nothing changed) if it is production and `status` is not.
+
+    Production is left only through `promote` (which archives it): checked in the UPDATE itself,
+    so a verdict written after a concurrent promote cannot leave the model without production.
+    """
     if status not in STATUSES:
         raise ValueError(f"status must be one of {STATUSES}, got {status!r}")
     get(conn, model_name, version)
     with conn, conn.cursor() as cur:
         cur.execute(
-            "UPDATE model_versions SET status = %s, reason = %s, updated_at = now() WHERE model_name = %s AND version = %s",
-            (status, reason, model_name, version),
+            "UPDATE model_versions SET status = %s, reason = %s, updated_at = now() WHERE model_name = %s AND version = %s"
+            " AND (status <> 'production' OR %s = 'production')",
+            (status, reason, model_name, version, status),
         )
+        return cur.rowcount == 1
 
 
 def promote(conn, model_name: str, version: str) -> str | None:

@@ -94,7 +94,8 @@ def run(settings: Settings, version: str, min_accuracy: float = 0.78, tolerance:
     if candidate["status"] != "production":  # re-evaluating the live model must not demote it
         conn = postgres.connect(settings)
         try:
-            registry.set_status(conn, settings.model_name, version, status, "; ".join(reasons))
+            if not registry.set_status(conn, settings.model_name, version, status, "; ".join(reasons)):
+                logger.warning("model %s was promoted while being evaluated; it stays in production", version)
         finally:
             conn.close()
     logger.info("model %s %s: %s", version, status, "; ".join(reasons))

@@ -154,3 +154,30 @@ def test_production_is_not_scored_on_rows_it_was_trained_on(gate):
         with conn, conn.cursor() as cur:
             cur.execute("UPDATE model_versions SET status = 'approved' WHERE status = 'production'")
         conn.close()
+
+
+def test_a_version_promoted_while_being_evaluated_stays_production(gate, monkeypatch):
+    """evaluate reads the status, scores (seconds), then writes its verdict: a deploy promoting the
+    version meanwhile must not be undone by a late "rejected" (no production model at all)."""
+    settings, good, _ = gate
+    score = evaluate.holdout_accuracy
+
+    def promote_then_score(*args, **kwargs):
+        conn = postgres.connect(settings)
+        try:
+            registry.set_status(conn, settings.model_name, good, "approved")
+            registry.promote(conn, settings.model_name, good)
+        finally:
+            conn.close()
+        return score(*args, **kwargs)
+
+    monkeypatch.setattr(evaluate, "holdout_accuracy", promote_then_score)
+    try:
+        verdict = evaluate.run(settings, version=good, min_accuracy=0.99)
+        assert not verdict["approved"]
+        assert status(settings, good)["status"] == "production"
+    finally:
+        conn = postgres.connect(settings)
+        with conn, conn.cursor() as cur:
+            cur.execute("UPDATE model_versions SET status = 'approved' WHERE status = 'production'")
+        conn.close()
