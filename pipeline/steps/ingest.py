@@ -103,7 +103,9 @@ def run(settings: Settings, source: str, sha256: str | None = None, batch_id: st
 
     client = s3.client(settings)
     s3.ensure_buckets(client, settings)
-    object_key = f"{settings.model_name}/batches/{batch_id}/{Path(urlparse(source).path).name or 'data.csv'}"
+    # The content hash in the key: a batch id reused for other bytes never overwrites a raw file.
+    name = Path(urlparse(source).path).name or "data.csv"
+    object_key = f"{settings.model_name}/batches/{batch_id}/{digest[:12]}-{name}"
     s3.put_bytes(client, settings.bucket_raw, object_key, data, "text/csv")  # the raw input is never lost
 
     conn = postgres.connect(settings)

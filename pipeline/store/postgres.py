@@ -49,5 +49,9 @@ def connect(settings: Settings, *, migrated: bool = True) -> psycopg2.extensions
     """Open a connection; with `migrated` (default) pending migrations are applied first."""
     conn = psycopg2.connect(settings.database_url)
     if migrated:
-        migrate(conn)
+        try:
+            migrate(conn)
+        except BaseException:
+            conn.close()
+            raise
     return conn

@@ -156,3 +156,13 @@ def test_a_later_file_owns_all_its_rows_so_features_of_its_batch_cover_the_file(
     # and re-ingesting the same file stays a no-op
     ingest.run(settings, source=later, batch_id="b2")
     assert count(db, "passengers", "batch_id = 'b2'") == 4
+
+
+def test_a_reused_batch_id_never_overwrites_raw_input(settings, s3, tmp_path):
+    first = ingest.run(settings, source=write(tmp_path, HEADER, ROW.format(pid=1)), batch_id="manual")
+    other = tmp_path / "other"
+    other.mkdir()
+    second = ingest.run(settings, source=write(other, HEADER, ROW.format(pid=2)), batch_id="manual")
+    assert first["object_key"] != second["object_key"]  # same file name, same batch id, other bytes
+    keys = sorted(o.object_name for o in s3.list_objects(settings.bucket_raw, recursive=True))
+    assert len(keys) == 2 and all("/batches/manual/" in k for k in keys)
