@@ -44,6 +44,14 @@ def gate(services):
     return settings, good, weak
 
 
+def clear_production(settings):
+    """Undo a test's promotion: the module shares one deployment, so no production model may leak."""
+    conn = postgres.connect(settings)
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE model_versions SET status = 'approved' WHERE status = 'production'")
+    conn.close()
+
+
 def status(settings, version):
     conn = postgres.connect(settings)
     try:
@@ -89,10 +97,7 @@ def test_gate_compares_with_production_on_the_same_holdout(gate):
         evaluate.run(settings, version=good, min_accuracy=0.99)
         assert status(settings, good)["status"] == "production"
     finally:
-        conn = postgres.connect(settings)
-        with conn, conn.cursor() as cur:
-            cur.execute("UPDATE model_versions SET status = 'approved' WHERE status = 'production'")
-        conn.close()
+        clear_production(settings)
 
 
 def test_cli_exit_codes(gate):
@@ -150,10 +155,7 @@ def test_production_is_not_scored_on_rows_it_was_trained_on(gate):
         assert verdict["production_version"] == other
         assert verdict["production_accuracy"] == expected and verdict["compared_rows"] == len(unseen)
     finally:
-        conn = postgres.connect(settings)
-        with conn, conn.cursor() as cur:
-            cur.execute("UPDATE model_versions SET status = 'approved' WHERE status = 'production'")
-        conn.close()
+        clear_production(settings)
 
 
 def test_a_version_promoted_while_being_evaluated_stays_production(gate, monkeypatch):
@@ -177,7 +179,4 @@ def test_a_version_promoted_while_being_evaluated_stays_production(gate, monkeyp
         assert not verdict["approved"]
         assert status(settings, good)["status"] == "production"
     finally:
-        conn = postgres.connect(settings)
-        with conn, conn.cursor() as cur:
-            cur.execute("UPDATE model_versions SET status = 'approved' WHERE status = 'production'")
-        conn.close()
+        clear_production(settings)
