@@ -61,5 +61,17 @@ class Settings(BaseSettings):
     """Alert names whose firing triggers retraining (JSON list in the environment)."""
     retrain_cooldown_seconds: int = Field(default=3600, ge=1)
     """At most one retraining per this many seconds, shared by all web app replicas via Redis."""
+    postgres_connect_timeout: int = Field(default=10, ge=2)
+    """Seconds to wait for a Postgres connection, handshake included (libpq `connect_timeout`)."""
+    redis_socket_timeout: float = Field(default=2.0, gt=0)
+    """Seconds a Redis command waits for its reply; short: the transformer reads Redis on its event loop."""
+    redis_socket_connect_timeout: float = Field(default=2.0, gt=0)
+    """Seconds to wait for a Redis connection."""
+    s3_connect_timeout: float = Field(default=5.0, gt=0)
+    """Seconds to wait for a connection to the object store."""
+    s3_read_timeout: float = Field(default=30.0, gt=0)
+    """Seconds the object store may stay silent during one request (per read, not the whole transfer)."""
+    kube_request_timeout: float = Field(default=30.0, gt=0)
+    """Seconds one Kubernetes API request of the deploy step may take."""
     log_level: str = "INFO"
     """Root log level."""
