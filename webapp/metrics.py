@@ -33,6 +33,9 @@ INFERENCE_ERRORS = Counter(
 )
 
 OUTCOMES = ("survived", "died")
+# The method label takes only these values: the token comes from the client, and every new
+# value would create a new set of histogram series.
+METHODS = frozenset({"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH"})
 ERROR_REASONS = ("unreachable", "timeout", "server_error", "bad_response", "rejected")
 
 
@@ -66,7 +69,8 @@ def _server_timing(response):
 def _observe(_exc: BaseException | None) -> None:
     started = g.pop("request_started", None)
     if started is not None:
-        REQUEST_DURATION.labels(request.endpoint or "unmatched", request.method).observe(time.perf_counter() - started)
+        method = request.method if request.method in METHODS else "other"
+        REQUEST_DURATION.labels(request.endpoint or "unmatched", method).observe(time.perf_counter() - started)
 
 
 def init_app(app: Flask) -> None:

@@ -168,6 +168,20 @@ def test_metrics_names_and_labels(down_app):
     assert {("views.predict", "GET"), ("api.predict", "POST")} <= counts
 
 
+def test_invented_http_methods_share_one_metrics_label(down_app):
+    """The method label is bounded: a client's made-up methods must not create new series."""
+    client = down_app.test_client()
+    invented = ["FOO", "BREW", "PROPFIND", "X" * 40, "get"]
+    for method in invented:
+        client.open("/", method=method)
+    client.open("/", method="DELETE")
+    families = {f.name: f for f in text_string_to_metric_families(client.get("/metrics").get_data(as_text=True))}
+    methods = {s.labels["method"] for s in families["titanic_web_request_duration_seconds"].samples}
+    assert not methods & set(invented)
+    assert "other" in methods and "DELETE" in methods
+    assert methods <= {"GET", "POST", "HEAD", "OPTIONS", "PUT", "DELETE", "PATCH", "other"}
+
+
 def test_client_retries_connection_errors_only(down_app):
     retry = down_app.extensions["kserve"].session.get_adapter("http://x").max_retries
     assert (retry.connect, retry.read, retry.status, retry.other) == (1, 0, 0, 0)
