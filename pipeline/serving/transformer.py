@@ -86,8 +86,13 @@ class _Coalescer:
                 logger.debug("features of %d coalesced requests", len(batch))
                 try:
                     results = self.fn([b[0] for b in batch])
-                except Exception as exc:  # a bug in one batch must fail its requests, not hang them
-                    results = [exc] * len(batch)
+                except Exception as exc:  # must fail requests, not hang them; and only the one that raises
+                    if len(batch) == 1:
+                        results = [exc]
+                    else:
+                        logger.warning("features of %d coalesced requests failed (%s: %s); computing each alone",
+                                       len(batch), type(exc).__name__, exc)
+                        results = [self._alone(b[0]) for b in batch]
                 for (_, future), result in zip(batch, results):
                     if future.done():
                         continue
@@ -97,6 +102,12 @@ class _Coalescer:
                         future.set_result(result)
         finally:
             self._busy = False
+
+    def _alone(self, instances: list[dict]):
+        try:
+            return self.fn([instances])[0]
+        except Exception as exc:
+            return exc
 
 
 class TitanicTransformer(Model):

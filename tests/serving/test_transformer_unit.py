@@ -7,6 +7,7 @@ import time
 
 import pandas as pd
 
+from pipeline import features
 from pipeline.serving.artifacts import ModelArtifacts
 from pipeline.serving.transformer import InvalidInstances, TitanicTransformer
 from tests.serving.passengers import instances, random_passengers
@@ -59,3 +60,36 @@ def test_concurrent_requests_share_one_features_call():
     expected = t.features_of(rows)
     got = pd.concat(results[:8])
     assert (got.reset_index(drop=True).fillna(-1) == expected.reset_index(drop=True).fillna(-1)).all().all()
+
+
+
+class _Store:
+    """An online store in which the record of passenger 13 lost a column (a damaged build)."""
+
+    def __init__(self, record: dict):
+        self.record = record
+
+    def current(self):
+        return "fs1"
+
+    def lookup(self, version, pid):
+        return {k: v for k, v in self.record.items() if not (pid == 13 and k == features.NUMERIC_FEATURES[0])}
+
+
+def test_one_failing_request_fails_alone_not_its_coalesced_neighbours():
+    rows = instances(random_passengers(8, seed=2))
+    record = TitanicTransformer("titanic", None).features_of(rows[:1]).iloc[0].to_dict()
+    t = TitanicTransformer("titanic", None, feature_store=_Store(record))
+    sizes = []
+    compute = t._batcher.fn
+    t._batcher.fn = lambda requests: sizes.append(len(requests)) or compute(requests)
+
+    async def main():
+        return await asyncio.gather(*(t._batcher.run([r]) for r in rows[:4]), t._batcher.run([{"PassengerId": 13}]),
+                                    t._batcher.run([{"PassengerId": 5}]), *(t._batcher.run([r]) for r in rows[4:]),
+                                    return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert sizes[0] == 10  # they were coalesced
+    assert [i for i, r in enumerate(results) if isinstance(r, Exception)] == [4], results  # only the damaged record
+    assert all(isinstance(r, pd.DataFrame) and len(r) == 1 for i, r in enumerate(results) if i != 4)
