@@ -5,7 +5,9 @@ Alertmanager (kube-prometheus-stack) posts its version-4 webhook payload to
 `RETRAIN_ALERTS`, lets at most one retraining through per `RETRAIN_COOLDOWN_SECONDS` (a Redis
 key, so every replica agrees), triggers the DAG through Airflow 3's REST API and records every
 decision in Postgres (`retrain_triggers`). Airflow failures answer 502 so that Alertmanager
-retries; the retry reuses the same `dag_run_id`, which makes it idempotent.
+retries; the retry reuses the same `dag_run_id`, which makes it idempotent. The run id carries
+the cooldown window, so an alert still firing after the cooldown starts a new run (a failed
+retraining is retried) instead of hitting the old run's 409.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import hashlib
 import hmac
 import json
 import logging
+import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +52,18 @@ class BadPayload(ValueError):
 
 class AirflowError(RuntimeError):
     """Airflow did not create the DAG run."""
+
+
+class AirflowOutcomeUnknown(AirflowError):
+    """The dagRuns request was sent but no answer came: Airflow may have created the run."""
+
+
+# Deletes the cooldown key only if it still holds this claim: after a TTL expiry another
+# replica may own the key, and a plain DEL would reopen its window.
+_RELEASE_CLAIM = """
+if redis.call("GET", KEYS[1]) == ARGV[1] then return redis.call("DEL", KEYS[1]) end
+return 0
+"""
 
 
 @dataclass(frozen=True)
@@ -111,10 +127,23 @@ def parse_payload(body: Any) -> tuple[str, list[Alert]]:
     return group_key, alerts
 
 
-def dag_run_id(alert: Alert) -> str:
-    """Deterministic run id: a retried notification for the same alert hits Airflow's 409."""
+def dag_run_id(alert: Alert, window: int) -> str:
+    """Deterministic run id per alert and cooldown window.
+
+    A retried notification in the same window hits Airflow's 409; once the cooldown is over, an
+    alert that is still firing gets a new run id, so a failed retraining is tried again.
+    """
     digest = hashlib.sha256(f"{alert.fingerprint}|{alert.starts_at}".encode()).hexdigest()[:16]
-    return f"alert__{alert.name}__{digest}"
+    return f"alert__{alert.name}__{digest}__w{window}"
+
+
+def cooldown_window(settings: Settings, now: float | None = None) -> int:
+    """Number of the cooldown-long time slot `now` falls in; two claims are a cooldown apart, so never share one."""
+    return int(now if now is not None else time.time()) // settings.retrain_cooldown_seconds
+
+
+def _same_alert(run_a: str, run_b: str) -> bool:
+    return run_a.rsplit("__w", 1)[0] == run_b.rsplit("__w", 1)[0]
 
 
 def cooldown_key(settings: Settings) -> str:
@@ -126,6 +155,7 @@ def trigger_dag_run(settings: Settings, run_id: str, conf: dict[str, Any]) -> st
     """Create a DAG run through Airflow 3's REST API; returns "created" or "exists" (409).
 
     Raises:
+        AirflowOutcomeUnknown: the dagRuns request timed out waiting for the answer.
         AirflowError: Airflow unreachable, credentials refused, or any other answer.
     """
     base = settings.airflow_api_url.rstrip("/")
@@ -141,6 +171,9 @@ def trigger_dag_run(settings: Settings, run_id: str, conf: dict[str, Any]) -> st
             access_token = token.json()["access_token"]
         except (ValueError, KeyError) as exc:
             raise AirflowError("POST /auth/token answered without an access_token") from exc
+    except requests.RequestException as exc:
+        raise AirflowError(f"Airflow unreachable: {exc.__class__.__name__}: {exc}") from exc
+    try:
         response = requests.post(
             f"{base}/api/v2/dags/{settings.airflow_dag_id}/dagRuns",
             json={
@@ -152,6 +185,11 @@ def trigger_dag_run(settings: Settings, run_id: str, conf: dict[str, Any]) -> st
             headers={"Authorization": f"Bearer {access_token}"},
             timeout=AIRFLOW_TIMEOUT,
         )
+    except requests.ReadTimeout as exc:
+        # The request was sent: Airflow may have created the run and only its answer is missing.
+        raise AirflowOutcomeUnknown(
+            f"POST dagRuns got no answer within {AIRFLOW_TIMEOUT[1]}s: the run may exist, cooldown kept"
+        ) from exc
     except requests.RequestException as exc:
         raise AirflowError(f"Airflow unreachable: {exc.__class__.__name__}: {exc}") from exc
     if response.status_code == 409:
@@ -213,7 +251,7 @@ def alertmanager():
     if not wanted:
         return jsonify(triggered=False, reason="no firing alert that triggers retraining"), 200
     alert = wanted[0]
-    run_id = dag_run_id(alert)
+    run_id = dag_run_id(alert, cooldown_window(settings))
     conf = {
         "reason": "alert",
         "alertname": alert.name,
@@ -228,12 +266,15 @@ def alertmanager():
     store = _redis(settings)
     key = cooldown_key(settings)
     # SET NX EX: the first replica to claim the window triggers; the others see the key.
-    if not store.set(key, run_id, nx=True, ex=settings.retrain_cooldown_seconds):
+    # The claim is "<run id> <unique token>", so that a replica frees only its own claim.
+    claim = f"{run_id} {uuid.uuid4().hex}"
+    if not store.set(key, claim, nx=True, ex=settings.retrain_cooldown_seconds):
         holder = store.get(key)
-        if holder is not None and holder.decode() == run_id:
+        held_run = holder.decode().split(" ", 1)[0] if holder is not None else ""
+        if _same_alert(held_run, run_id):
             # Alertmanager retrying the notification that claimed this window (its first answer
-            # was lost, or Airflow failed): trigger again, the run id makes it idempotent.
-            pass
+            # was lost, or Airflow failed): trigger the held run id again, the 409 makes it idempotent.
+            run_id, claim = held_run, holder.decode()
         else:
             ttl = store.ttl(key)
             record(settings, alert, run_id, "cooldown", f"cooldown held by {holder!r}, {ttl}s left", conf)
@@ -242,8 +283,11 @@ def alertmanager():
     try:
         result = trigger_dag_run(settings, run_id, conf)
     except AirflowError as exc:
-        # Free the window so Alertmanager's retry (it retries on 5xx) can trigger again.
-        store.delete(key)
+        # An unknown outcome keeps the window: the run may exist, and Alertmanager's retry (it retries
+        # on 5xx) reuses this run id, answered 409 if it does. Otherwise Airflow created nothing:
+        # free the window so the retry can trigger.
+        if not isinstance(exc, AirflowOutcomeUnknown):
+            store.register_script(_RELEASE_CLAIM)(keys=[key], args=[claim])
         logger.error("retraining trigger for %s failed: %s", alert.name, exc)
         record(settings, alert, run_id, "failed", str(exc), conf)
         return jsonify(triggered=False, error=str(exc), dag_run_id=run_id), 502
