@@ -75,11 +75,16 @@ def _transformer(args, settings: Settings):
         args.model_name, model_artifacts, feature_store=FeatureStore(settings) if args.feature_lookup else None,
         drift_options={"window": args.drift_window, "threshold": args.drift_threshold,
                        "min_samples": args.drift_min_samples},
-        locate=locate)
+        locate=locate, max_instances=settings.transformer_max_instances)
     REGISTRY.register(DriftCollector(lambda: model.drift))
     app = kserve_server.app
+    # The web app's caps do not protect a transformer reached directly.
+    app.add_middleware(transformer.BodyLimit, max_bytes=settings.transformer_max_body_bytes)
     app.add_exception_handler(transformer.InvalidInstances,
                               lambda _, exc: JSONResponse(status_code=400, content=transformer.error_body(exc.errors)))
+    app.add_exception_handler(transformer.TooManyInstances,
+                              lambda _, exc: JSONResponse(status_code=413,
+                                                          content={"error": str(exc), "max_instances": exc.limit}))
     app.add_exception_handler(transformer.PredictorError,
                               lambda _, exc: JSONResponse(status_code=exc.status, content={"error": exc.message}))
     return model

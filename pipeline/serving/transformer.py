@@ -24,6 +24,7 @@ from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.model import append_forwardable_headers
 from kserve.protocol.infer_type import InferInput, InferOutput, InferRequest, InferResponse
+from starlette.responses import JSONResponse
 
 from pipeline import features, schema
 from pipeline.serving import metrics
@@ -42,6 +43,58 @@ class InvalidInstances(InvalidInput):
     def __init__(self, errors: list[dict[str, Any]]):
         self.errors = errors
         super().__init__("\n".join(f"instance {e['instance']}: {e['field']}: {e['message']}" for e in errors))
+
+
+class TooManyInstances(Exception):
+    """More passengers in one request than the transformer takes: a 413 naming the limit."""
+
+    def __init__(self, count: int, limit: int):
+        self.count, self.limit = count, limit
+        super().__init__(f"at most {limit} instances per request, got {count}")
+
+
+class BodyLimit:
+    """ASGI middleware: a request body over `max_bytes` gets a 413 naming the limit, unparsed.
+
+    Counted on the bytes received (a chunked body declares no length), buffered up to the
+    limit and then handed to the model server, so one huge request can neither fill the
+    memory nor hold the event loop in JSON parsing.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            return await self._refuse(scope, receive, send)
+        chunks, size = [], 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_bytes:
+                return await self._refuse(scope, receive, send)
+            if not message.get("more_body"):
+                break
+        body, sent = b"".join(chunks), False
+
+        async def replay():
+            nonlocal sent
+            if sent:
+                return await receive()  # the app waits for a disconnect
+            sent = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+    async def _refuse(self, scope, receive, send):
+        body = {"error": f"request body larger than {self.max_bytes} bytes", "max_body_bytes": self.max_bytes}
+        await JSONResponse(status_code=413, content=body)(scope, receive, send)
 
 
 class PredictorError(Exception):
@@ -116,7 +169,8 @@ class TitanicTransformer(Model):
     FOLLOW_RETRY_SECONDS = 60
 
     def __init__(self, name: str, artifacts: ModelArtifacts | None, *, drift_options: dict | None = None,
-                 feature_store=None, locate: Callable[[str], ModelArtifacts] | None = None):
+                 feature_store=None, locate: Callable[[str], ModelArtifacts] | None = None,
+                 max_instances: int = 100):
         """
         Args:
             artifacts: metadata and drift reference of the model version; None to learn the version
@@ -125,9 +179,10 @@ class TitanicTransformer(Model):
             locate: loads a version's metadata and reference; used when the predictor starts
                 answering with another version than `artifacts` (a deploy), so drift is always
                 measured against the training data of the model actually serving.
+            max_instances: most passengers in one request; more is a TooManyInstances (413).
         """
         super().__init__(name)
-        self.feature_store, self.locate = feature_store, locate
+        self.feature_store, self.locate, self.max_instances = feature_store, locate, max_instances
         self.drift_options = drift_options or {}
         self.artifacts = self.drift = None
         self._use(artifacts or ModelArtifacts(version="", source="none", metadata={}, reference=None))
@@ -168,8 +223,7 @@ class TitanicTransformer(Model):
 
     # -- request -> features ------------------------------------------------------------
 
-    @staticmethod
-    def _instances(payload) -> list[dict]:
+    def _instances(self, payload) -> list[dict]:
         if isinstance(payload, InferRequest):  # V2: one tensor per raw field
             columns = {}
             for tensor in payload.inputs:
@@ -179,10 +233,14 @@ class TitanicTransformer(Model):
             if len(lengths) != 1 or 0 in lengths:
                 raise InvalidInput("expected input tensors of one same, non-zero length (one per passenger field)")
             n = lengths.pop()
+            if n > self.max_instances:
+                raise TooManyInstances(n, self.max_instances)
             return [{name: values[i] for name, values in columns.items()} for i in range(n)]
         instances = payload.get("instances") if isinstance(payload, dict) else None
         if not isinstance(instances, list) or not instances:
             raise InvalidInput('expected {"instances": [...]} with at least one instance')
+        if len(instances) > self.max_instances:
+            raise TooManyInstances(len(instances), self.max_instances)
         for i, instance in enumerate(instances):
             if not isinstance(instance, dict):
                 raise InvalidInstances([{"instance": i, "field": "instance", "message": "must be a JSON object"}])

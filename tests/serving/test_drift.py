@@ -74,8 +74,9 @@ def test_replay_stays_quiet_and_shift_raises_the_flag(trained_model, model_serve
         shifted = raw.sample(n=WINDOW, random_state=1).copy()
         shifted["Pclass"] = "1"
         shifted["Fare"] = pd.to_numeric(shifted["Fare"]) * 10
-        r = requests.post(url, json={"instances": instances(shifted)}, timeout=30)
-        assert r.status_code == 200, r.text[:300]
+        for start in range(0, WINDOW, 100):  # the transformer's cap of instances per request
+            r = requests.post(url, json={"instances": instances(shifted.iloc[start:start + 100])}, timeout=30)
+            assert r.status_code == 200, r.text[:300]
         psi_values, detected, _ = _gauges(transformer.url)
         for feature in ("Pclass", "Fare", "PclassFare"):
             assert psi_values[feature] > THRESHOLD, (feature, psi_values)

@@ -36,14 +36,17 @@ def test_v1_through_the_transformer(model_server):
 
 def test_train_serve_parity_for_all_891_passengers(model_server):
     raw = train_rows()
-    r = _v1(model_server.transformer_url, model_server.settings.model_name, instances(raw))
-    assert r.status_code == 200, r.text[:500]
-    got = np.array([p["probability"] for p in r.json()["predictions"]])
+    predictions = []
+    for start in range(0, len(raw), 100):  # the transformer's cap of instances per request
+        r = _v1(model_server.transformer_url, model_server.settings.model_name, instances(raw.iloc[start:start + 100]))
+        assert r.status_code == 200, r.text[:500]
+        predictions += r.json()["predictions"]
+    got = np.array([p["probability"] for p in predictions])
     expected = _expected(model_server.model, raw)
     assert len(got) == 891
     assert np.abs(got - expected).max() <= MAX_DELTA
     decided = np.abs(expected - 0.5) >= 1e-6
-    survived = np.array([p["survived"] for p in r.json()["predictions"]])
+    survived = np.array([p["survived"] for p in predictions])
     assert (survived[decided] == (expected[decided] > 0.5)).all()
 
 
@@ -130,6 +133,43 @@ def test_malformed_requests_are_400(model_server):
                          timeout=10).status_code == 400
     r = _v1(model_server.transformer_url, name, [ROSE, "not an object"])
     assert r.status_code == 400 and "instance 1" in r.json()["error"]
+
+
+def test_too_many_instances_is_a_413_naming_the_limit(model_server):
+    name = model_server.settings.model_name
+    assert _v1(model_server.transformer_url, name, [ROSE] * 100).status_code == 200
+    r = _v1(model_server.transformer_url, name, [ROSE] * 101)
+    assert r.status_code == 413
+    assert r.json() == {"error": "at most 100 instances per request, got 101", "max_instances": 100}
+    v2 = {"inputs": [{"name": f, "shape": [101], "datatype": "BYTES", "data": [str(ROSE[f])] * 101} for f in ROSE]}
+    r = requests.post(f"{model_server.transformer_url}/v2/models/{name}/infer", json=v2, timeout=30)
+    assert r.status_code == 413 and r.json()["max_instances"] == 100
+
+
+def test_oversized_body_is_a_413_naming_the_limit_also_when_chunked(model_server):
+    url = f"{model_server.transformer_url}/v1/models/{model_server.settings.model_name}:predict"
+    limit = model_server.settings.transformer_max_body_bytes
+    big = b'{"instances": [' + b" " * limit + b"]}"
+    r = requests.post(url, data=big, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413
+    assert r.json() == {"error": f"request body larger than {limit} bytes", "max_body_bytes": limit}
+    # Without Content-Length (chunked transfer) the bytes received are counted.
+    chunks = (big[i:i + 8192] for i in range(0, len(big), 8192))
+    r = requests.post(url, data=chunks, headers={"Content-Type": "application/json"}, timeout=30)
+    assert r.status_code == 413 and r.json()["max_body_bytes"] == limit
+    # The transformer still serves afterwards.
+    assert _v1(model_server.transformer_url, model_server.settings.model_name, [ROSE]).status_code == 200
+
+
+def test_the_largest_request_the_web_app_forwards_is_accepted(model_server):
+    """100 passengers with the longest non-ASCII names and cabins the web app accepts (~62 KB as it
+    receives them): forwarded with JSON escapes they weigh ~155 KB, under the transformer's cap."""
+    from webapp.passenger import MAX_CABIN, MAX_NAME
+
+    passenger = {**ROSE, "Name": "Dé, Mr. " + "é" * (MAX_NAME - 8), "Cabin": "é" * MAX_CABIN}
+    r = _v1(model_server.transformer_url, model_server.settings.model_name, [passenger] * 100)
+    assert len(r.request.body) > 64 * 1024
+    assert r.status_code == 200, r.text[:300]
 
 
 def test_metrics_on_the_same_port_as_kserve(model_server):
