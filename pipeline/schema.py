@@ -23,6 +23,15 @@ INSTANCE_FIELDS = ["Name", "Sex", "Age", "Pclass", "SibSp", "Parch", "Fare", "Em
 SEXES = ("male", "female")
 PORTS = ("C", "Q", "S")
 CLASSES = (1, 2, 3)
+# Largest value of the Postgres `integer` columns (migrations/0001_init.sql): PassengerId, SibSp, Parch.
+INT_MAX = 2**31 - 1
+# Far above any real fare (the highest is 512.33) and far inside float32, to which the forest converts
+# its inputs: a larger finite fare would break every later training as surely as infinity.
+FARE_MAX = 1_000_000
+# Longest value of any field (the longest real one, a Name, has 82 characters).
+MAX_TEXT = 1000
+# How much of a bad value a message quotes back: the value may be anything a file or a client sent.
+QUOTE_MAX = 80
 
 
 @dataclass(frozen=True)
@@ -43,15 +52,26 @@ class Validated:
     rejected: pd.DataFrame  # columns: position (0-based row of the input), field, reason
 
 
+# Variable-width strings: with fixed-width ones a single 200,000-character value would widen every
+# element of its column to 800 kB.
+_STR = np.dtypes.StringDType()
+
+
 def _text(values) -> np.ndarray:
     """Strings with surrounding blanks removed; missing (None/NaN) becomes ""."""
     arr = np.asarray(values, dtype=object)
-    return np.strings.strip(np.where(pd.isna(arr), "", arr).astype(str))
+    return np.strings.strip(np.where(pd.isna(arr), "", arr).astype(_STR))
 
 
 def _number(text: np.ndarray) -> np.ndarray:
-    """float64, NaN for blank or garbage (the caller tells the two apart)."""
+    """float64, NaN for blank or garbage (the caller tells the two apart); may be ±inf."""
     return pd.to_numeric(np.where(text == "", None, text).astype(object), errors="coerce").astype("float64")
+
+
+def excerpt(text: str) -> str:
+    """`text` as a message may quote it: printable characters only, at most QUOTE_MAX of them."""
+    shown = "".join(c if c.isprintable() else "?" for c in text[:QUOTE_MAX])
+    return shown + ("…" if len(text) > QUOTE_MAX else "")
 
 
 # numpy, not pandas: a prediction request validates one record, and ~60 pandas operations of
@@ -64,7 +84,7 @@ def _first_error(text: np.ndarray, checks: list[tuple[np.ndarray, str]]) -> np.n
         hit = pending & bad
         if hit.any():
             head, got, tail = template.partition("{got}")
-            msg[hit] = [f"{head}'{t}'{tail}" for t in text[hit]] if got else template
+            msg[hit] = [f"{head}'{excerpt(str(t))}'{tail}" for t in text[hit]] if got else template
             pending &= ~hit
     return msg
 
@@ -73,11 +93,14 @@ def _listed(choices) -> str:
     return ", ".join(str(c) for c in choices)
 
 
-def _check_number(text, *, blank_ok, lo=None, hi=None, integer=False, choices=None):
-    """(typed values as float64, error message per row or "") for a numeric field."""
+def _check_number(text, *, blank_ok, lo=None, hi=None, at_most=None, integer=False, choices=None):
+    """(typed values as float64, error message per row or "") for a numeric field.
+
+    `hi` is the domain's bound (with `lo`: "between"), `at_most` the storage's.
+    """
     num = _number(text)
     blank = text == ""
-    known = ~np.isnan(num)
+    known = np.isfinite(num)  # "inf" and "nan" parse as numbers, yet no field can hold them
     checks = [(~blank & ~known, "must be a number, got {got}")]
     with np.errstate(invalid="ignore"):
         if integer:
@@ -86,6 +109,8 @@ def _check_number(text, *, blank_ok, lo=None, hi=None, integer=False, choices=No
             checks.append(((num < lo) | (num > hi), f"must be between {lo} and {hi}, got {{got}}"))
         elif lo is not None:
             checks.append((num < lo, f"must be at least {lo}, got {{got}}"))
+        if at_most is not None:
+            checks.append((num > at_most, f"must be at most {at_most}, got {{got}}"))
         if choices is not None:
             checks.append((known & ~np.isin(num, choices), f"must be one of {_listed(choices)}, got {{got}}"))
     if not blank_ok:
@@ -109,13 +134,17 @@ def check(columns: Mapping[str, Sequence], n: int, *, require_id: bool = True) -
     DataFrames would cost more than the checks for the one passenger of a form.
     """
 
+    sizes: dict[str, np.ndarray] = {}
+
     def col(name: str) -> np.ndarray:
-        return _text(columns[name]) if name in columns else np.full(n, "", dtype=str)
+        text = _text(columns[name]) if name in columns else np.full(n, "", dtype=_STR)
+        sizes[name] = np.strings.str_len(text)
+        return text
 
     out: dict[str, np.ndarray] = {}
     errors: dict[str, np.ndarray] = {}
 
-    pid, errors[ID] = _check_number(col(ID), blank_ok=not require_id, lo=1, integer=True)
+    pid, errors[ID] = _check_number(col(ID), blank_ok=not require_id, lo=1, at_most=INT_MAX, integer=True)
     known = np.flatnonzero(~np.isnan(pid))
     first = known[np.unique(pid[known], return_index=True)[1]]
     dup = np.zeros(n, dtype=bool)
@@ -130,13 +159,18 @@ def check(columns: Mapping[str, Sequence], n: int, *, require_id: bool = True) -
     out["Name"] = name.astype(object)
     out["Sex"], errors["Sex"] = _check_choice(col("Sex"), SEXES, blank_ok=False)
     out["Age"], errors["Age"] = _check_number(col("Age"), blank_ok=True, lo=0, hi=100)
-    out["SibSp"], errors["SibSp"] = _check_number(col("SibSp"), blank_ok=False, lo=0, integer=True)
-    out["Parch"], errors["Parch"] = _check_number(col("Parch"), blank_ok=False, lo=0, integer=True)
-    out["Fare"], errors["Fare"] = _check_number(col("Fare"), blank_ok=True, lo=0)
+    out["SibSp"], errors["SibSp"] = _check_number(col("SibSp"), blank_ok=False, lo=0, at_most=INT_MAX, integer=True)
+    out["Parch"], errors["Parch"] = _check_number(col("Parch"), blank_ok=False, lo=0, at_most=INT_MAX, integer=True)
+    out["Fare"], errors["Fare"] = _check_number(col("Fare"), blank_ok=True, lo=0, at_most=FARE_MAX)
     out["Embarked"], errors["Embarked"] = _check_choice(col("Embarked"), PORTS, blank_ok=True, upper=True)
     for free_text in ("Ticket", "Cabin"):  # blank means unknown
         text = col(free_text)
         out[free_text] = np.where(text == "", None, text.astype(object))
+    for field, size in sizes.items():  # an oversized value is reported by its size, whatever else is wrong
+        long = size > MAX_TEXT
+        if long.any():
+            msg = errors.setdefault(field, np.full(n, "", dtype=object))
+            msg[long] = [f"must be at most {MAX_TEXT} characters, got {s}" for s in size[long]]
 
     # One entry per (record, bad field), in input order: the reason names the field.
     problems = [(int(pos), field, f"{field}: {msg[pos]}") for field, msg in errors.items()

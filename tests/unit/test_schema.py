@@ -48,6 +48,19 @@ def test_good_record_is_typed():
         ("Parch", "0.5", "Parch: must be a whole number"),
         ("Fare", "-3", "Fare: must be at least 0"),
         ("Embarked", "X", "Embarked: must be one of C, Q, S"),
+        # Non-finite and oversized values: each used to pass and then break the COPY or every training.
+        ("PassengerId", "3000000000", "PassengerId: must be at most 2147483647, got '3000000000'"),
+        ("PassengerId", "inf", "PassengerId: must be a number, got 'inf'"),
+        ("SibSp", "inf", "SibSp: must be a number, got 'inf'"),
+        ("SibSp", "2147483648", "SibSp: must be at most 2147483647"),
+        ("Parch", "1e400", "Parch: must be a number, got '1e400'"),
+        ("Age", "-inf", "Age: must be a number, got '-inf'"),
+        ("Age", "nan", "Age: must be a number, got 'nan'"),
+        ("Fare", "Infinity", "Fare: must be a number, got 'Infinity'"),
+        ("Fare", "NaN", "Fare: must be a number, got 'NaN'"),
+        ("Fare", "1e300", "Fare: must be at most 1000000, got '1e300'"),
+        ("Name", "x" * 200_000, "Name: must be at most 1000 characters, got 200000"),
+        ("Ticket", "7" * 1001, "Ticket: must be at most 1000 characters, got 1001"),
     ],
 )
 def test_invalid_values_are_rejected_with_the_field_named(field, value, expected):
@@ -82,3 +95,18 @@ def test_prediction_instances_need_no_id_and_accept_json_types():
                           "Embarked": "S", "Cabin": None}])
     result = schema.validate(inst, require_id=False)
     assert result.rejected.empty and result.valid.iloc[0]["Fare"] == 7.25
+
+
+def test_json_non_finite_numbers_are_rejected_and_nan_is_missing():
+    """JSON values reach the schema as floats: inf is never a value, NaN is pandas' missing value."""
+    inst = {"Name": "A", "Sex": "male", "Age": float("nan"), "Pclass": 3, "SibSp": 0, "Parch": 0, "Fare": 7.25}
+    result = schema.validate(pd.DataFrame([inst, {**inst, "SibSp": float("inf")}, {**inst, "Fare": float("-inf")}]),
+                             require_id=False)
+    assert len(result.valid) == 1 and pd.isna(result.valid.iloc[0]["Age"])
+    assert list(result.rejected["reason"]) == ["SibSp: must be a number, got 'inf'", "Fare: must be a number, got '-inf'"]
+
+
+def test_quoted_values_are_short_and_printable():
+    result = check(Sex="\x1b[2J" + "y" * 500)
+    reason = result.rejected["reason"].iloc[0]
+    assert reason == "Sex: must be one of male, female, got '?[2J" + "y" * 76 + "…'"

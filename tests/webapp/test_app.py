@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 
@@ -44,7 +45,7 @@ def test_form_page_has_every_field_and_the_compiled_css(down_app):
 @pytest.mark.parametrize(
     "field, value",
     [("Name", ""), ("Sex", "other"), ("Age", "200"), ("Pclass", "5"), ("SibSp", "-1"), ("Parch", "x"),
-     ("Fare", "-1"), ("Embarked", "Z"), ("Cabin", "x" * 41)],
+     ("Fare", "-1"), ("Embarked", "Z"), ("Cabin", "x" * 41), ("SibSp", "inf"), ("Fare", "Infinity"), ("Parch", "3000000000")],
 )
 def test_form_validation_message_next_to_the_field(down_app, field, value):
     response = down_app.test_client().post("/", data=_form(**{field: value}))
@@ -110,6 +111,17 @@ def test_api_field_errors_name_instance_and_field(down_app):
         {"instance": 1, "field": "Age", "message": "Age must be a number, got 'old'"},
         {"instance": 2, "field": "Pclass", "message": "Ticket class must be one of 1, 2, 3, got '9'"},
     ]
+
+
+@pytest.mark.parametrize("field, value", [("SibSp", '"inf"'), ("SibSp", "Infinity"), ("Fare", "-Infinity"),
+                                          ("Parch", "1e400"), ("Age", '"nan"')])
+def test_api_non_finite_numbers_are_400_naming_the_field(down_app, field, value):
+    """Python's JSON parser accepts Infinity and 1e400 (inf): they must be field errors, not a 500."""
+    body = json.dumps({k: v for k, v in VALID.items() if k != field})[:-1] + f', "{field}": {value}}}'
+    response = down_app.test_client().post("/api/predict", data=body, content_type="application/json")
+    assert response.status_code == 400
+    assert [(e["instance"], e["field"]) for e in response.json["errors"]] == [(0, field)]
+    assert "must be a number" in response.json["errors"][0]["message"]
 
 
 @pytest.mark.parametrize("body", [b"not json", b"[]", b"42", b'"x"', b"[1]"])

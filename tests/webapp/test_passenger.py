@@ -50,12 +50,23 @@ def test_unknown_optional_values_become_none():
         ("Fare", -5, "at least 0"),
         ("Embarked", "X", "Port of embarkation must be one of C, Q, S, got 'X'"),
         ("Cabin", "C" * 41, "at most 40 characters"),
+        ("SibSp", "inf", "Siblings / spouses aboard must be a number, got 'inf'"),
+        ("SibSp", float("inf"), "Siblings / spouses aboard must be a number, got 'inf'"),
+        ("Parch", "3000000000", "Parents / children aboard must be at most 2147483647"),
+        ("Age", float("-inf"), "Age must be a number, got '-inf'"),
+        ("Fare", "Infinity", "Fare must be a number, got 'Infinity'"),
+        ("Sex", "m" * 5000, "Sex must be at most 1000 characters, got 5000"),
     ],
 )
 def test_each_invalid_field_is_named(field, value, message):
     _, errors = validate({**VALID, field: value}, instance=3)
     assert [(e.field, e.instance) for e in errors] == [(field, 3)]
     assert message in errors[0].message
+
+
+def test_json_nan_of_an_optional_number_is_missing():
+    clean, errors = validate({**VALID, "Age": float("nan"), "Fare": float("nan")})
+    assert errors == [] and clean["Age"] is None and clean["Fare"] is None
 
 
 def test_unknown_key_is_reported():
