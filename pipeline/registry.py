@@ -2,26 +2,83 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
 import json
+import logging
 from typing import Any
 
 from psycopg2.extras import RealDictCursor
 
-from pipeline.errors import ModelNotFound
+from pipeline.errors import ModelNotFound, PipelineError
+from pipeline.settings import Settings
+
+logger = logging.getLogger(__name__)
 
 STATUSES = ("candidate", "approved", "rejected", "production", "archived")
-_COLUMNS = "model_name, version, status, metrics, params, artifact_uri, feature_set, reason, created_at, updated_at"
+_COLUMNS = ("model_name, version, status, metrics, params, artifact_uri, artifact_sha256, feature_set, reason,"
+            " created_at, updated_at")
+
+
+class ArtifactMismatch(PipelineError):
+    """An artefact's bytes are not those recorded at training (overwritten in S3): never unpickled."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def verify_artifact(where: str, data: bytes, expected: str | None) -> None:
+    """Refuse `data` unless its sha256 is `expected`, the hash recorded at training.
+
+    `expected` None (a version trained before hashes were recorded) passes with a warning:
+    refusing it would leave no loadable production model after the upgrade.
+    """
+    if expected is None:
+        logger.warning("no sha256 recorded for %s (trained before hashes were recorded): loaded unverified", where)
+        return
+    actual = sha256_hex(data)
+    if actual != expected:
+        raise ArtifactMismatch(f"{where} has sha256 {actual} but the registry recorded {expected} at training:"
+                               " refusing to load it (changed after training)")
+
+
+def recorded_sha256(row: dict[str, Any] | None, name: str) -> str | None:
+    """The sha256 of file `name` recorded at training in a registry row, if any."""
+    return ((row or {}).get("artifact_sha256") or {}).get(name)
 
 
 def register(conn, model_name: str, version: str, *, artifact_uri: str, metrics: dict, params: dict,
-             feature_set: str | None) -> None:
-    """Insert a new `candidate`; re-registering the same version (a retried step) is a no-op."""
+             feature_set: str | None, artifact_sha256: dict[str, str] | None = None) -> None:
+    """Insert a new `candidate`; re-registering the same version (a retried step) is a no-op.
+
+    `artifact_sha256` maps each file of the version folder to its sha256, checked before unpickling.
+    """
     with conn, conn.cursor() as cur:
         cur.execute(
-            "INSERT INTO model_versions (model_name, version, status, metrics, params, artifact_uri, feature_set) "
-            "VALUES (%s, %s, 'candidate', %s, %s, %s, %s) ON CONFLICT (model_name, version) DO NOTHING",
-            (model_name, version, json.dumps(metrics), json.dumps(params), artifact_uri, feature_set),
+            "INSERT INTO model_versions (model_name, version, status, metrics, params, artifact_uri, feature_set,"
+            " artifact_sha256) VALUES (%s, %s, 'candidate', %s, %s, %s, %s, %s)"
+            " ON CONFLICT (model_name, version) DO NOTHING",
+            (model_name, version, json.dumps(metrics), json.dumps(params), artifact_uri, feature_set,
+             json.dumps(artifact_sha256) if artifact_sha256 is not None else None),
         )
+
+
+def load_model(settings: Settings, row: dict[str, Any]):
+    """The fitted Pipeline of a registered version, unpickled only if its bytes have the recorded sha256."""
+    # deferred: readers of the registry (the web app) need neither S3 nor sklearn
+    import joblib
+
+    from pipeline import model
+    from pipeline.store import s3
+
+    bucket, key = model.artifact_key(row["artifact_uri"], model.MODEL_FILE)
+    try:
+        data = s3.get_bytes(s3.client(settings), bucket, key)
+    except Exception as exc:  # a missing object or bucket means the same to the caller
+        raise ModelNotFound(f"cannot read {row['artifact_uri']}/{model.MODEL_FILE}: {exc}") from exc
+    verify_artifact(f"{row['artifact_uri']}/{model.MODEL_FILE}", data, recorded_sha256(row, model.MODEL_FILE))
+    return joblib.load(io.BytesIO(data))
 
 
 def get(conn, model_name: str, version: str) -> dict[str, Any]:
@@ -32,6 +89,15 @@ def get(conn, model_name: str, version: str) -> dict[str, Any]:
     if row is None:
         raise ModelNotFound(f"model {model_name} has no version {version!r}")
     return dict(row)
+
+
+def get_by_uri(conn, model_name: str, artifact_uri: str) -> dict[str, Any] | None:
+    """The row whose artefacts are in `artifact_uri`, if that folder is registered."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute(f"SELECT {_COLUMNS} FROM model_versions WHERE model_name = %s AND artifact_uri = %s",
+                    (model_name, artifact_uri.rstrip("/")))
+        row = cur.fetchone()
+    return dict(row) if row else None
 
 
 def get_production(conn, model_name: str) -> dict[str, Any] | None:

@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     """Largest request body the transformer reads (413 above); the web app's 64 KiB input grows up to ~3x when forwarded (JSON escapes)."""
     transformer_max_instances: int = Field(default=100, ge=1)
     """Most passengers in one transformer request (413 above), the web app's cap."""
+    model_sha256: str | None = None
+    """sha256 of the served model.joblib as recorded in the registry; checked before unpickling (predictor without database)."""
     airflow_api_url: str | None = None
     """Airflow API server base URL; unset disables the retraining relay."""
     airflow_username: str | None = None

@@ -4,10 +4,15 @@ A model folder (`s3://<models>/<name>/<version>/`, or `/mnt/models` where KServe
 initializer copies `storageUri`) holds exactly one model artefact (`model.joblib`) next to
 `metadata.json` and `reference.json`. Zero or several artefacts, or an unreadable one, stop
 the server before it reports ready: serving a guess is worse than not serving.
+
+The artefact is unpickled only if its sha256 is the one the registry recorded at training
+(from the registry row of `--model_version`/`--model_uri`, or `MODEL_SHA256` where the server
+has no database): the S3 key that reads the folder may also write it.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import tempfile
@@ -90,16 +95,24 @@ def _read_json(path: Path, required: bool) -> dict | None:
         raise ArtifactError(f"{path} is not readable JSON: {exc}") from exc
 
 
-def load_folder(folder: Path, *, with_model: bool, source: str | None = None) -> ModelArtifacts:
-    """Load a local model folder; `with_model=False` reads only metadata and reference (transformer)."""
+def load_folder(folder: Path, *, with_model: bool, source: str | None = None,
+                model_sha256: str | None = None) -> ModelArtifacts:
+    """Load a local model folder; `with_model=False` reads only metadata and reference (transformer).
+
+    Args:
+        model_sha256: the artefact's sha256 recorded at training; other bytes are refused unread.
+    """
     folder = Path(folder)
     pipeline = None
     if with_model:
         path = model_file(folder)
         import joblib  # deferred: the transformer never unpickles the model
+        from pipeline import registry
 
+        data = path.read_bytes()
+        registry.verify_artifact(f"model artefact {source or folder}/{path.name}", data, model_sha256)
         try:
-            pipeline = joblib.load(path)
+            pipeline = joblib.load(io.BytesIO(data))
         except Exception as exc:  # any unpickling failure means the file is not a usable model
             raise ArtifactError(f"model artefact {path} is unreadable: {type(exc).__name__}: {exc}") from exc
         if not hasattr(pipeline, "predict_proba"):
@@ -135,13 +148,15 @@ def download(settings: Settings, uri: str, dest: Path) -> Path:
     return dest
 
 
-def registry_uri(settings: Settings, version: str) -> str:
-    """The artefact URI of `version` ("production", "latest" or a version id) from the model registry."""
+def registry_row(settings: Settings, version: str | None = None, uri: str | None = None) -> dict | None:
+    """The registry row of `version` ("production", "latest" or a version id), or of the folder `uri` (None if unregistered)."""
     from pipeline import registry
     from pipeline.store import postgres
 
     conn = postgres.connect(settings)
     try:
+        if uri is not None:
+            return registry.get_by_uri(conn, settings.model_name, uri)
         if version == "production":
             row = registry.get_production(conn, settings.model_name)
         elif version == "latest":
@@ -152,17 +167,30 @@ def registry_uri(settings: Settings, version: str) -> str:
         conn.close()
     if row is None:
         raise ArtifactError(f"the registry has no {version} version of model {settings.model_name}")
-    return row["artifact_uri"]
+    return row
 
 
 def load(settings: Settings, *, model_dir: str | None = DEFAULT_MODEL_DIR, model_uri: str | None = None,
          model_version: str | None = None, with_model: bool = True) -> ModelArtifacts:
-    """Load from `model_uri` (s3://), else the registry's `model_version`, else the local `model_dir`."""
+    """Load from `model_uri` (s3://), else the registry's `model_version`, else the local `model_dir`.
+
+    The model artefact is checked against `settings.model_sha256` when set, else against the
+    sha256 the registry recorded for the version loaded from S3.
+    """
+    row = None
     if model_version and not model_uri:
-        model_uri = registry_uri(settings, model_version)
+        row = registry_row(settings, model_version)
+        model_uri = row["artifact_uri"]
     if model_uri and not model_uri.startswith("s3://"):
         model_dir, model_uri = model_uri, None  # a plain path given as URI
+    expected = settings.model_sha256
     if model_uri:
+        if with_model and expected is None:
+            from pipeline import model, registry
+
+            folder_uri = model_uri.removesuffix("/" + model.MODEL_FILE).rstrip("/")
+            expected = registry.recorded_sha256(row or registry_row(settings, uri=folder_uri), model.MODEL_FILE)
         with tempfile.TemporaryDirectory(prefix="titanic-model-") as tmp:
-            return load_folder(download(settings, model_uri, Path(tmp)), with_model=with_model, source=model_uri)
-    return load_folder(Path(model_dir or DEFAULT_MODEL_DIR), with_model=with_model)
+            return load_folder(download(settings, model_uri, Path(tmp)), with_model=with_model, source=model_uri,
+                               model_sha256=expected)
+    return load_folder(Path(model_dir or DEFAULT_MODEL_DIR), with_model=with_model, model_sha256=expected)

@@ -28,9 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="how much below the production model's accuracy on the same hold-out is still accepted")
 
 
-def holdout_accuracy(settings: Settings, artifact_uri: str, holdout, feature_columns: list[str]) -> float:
-    """Accuracy of the model in `artifact_uri` on the hold-out frame (features + Survived)."""
-    pipeline = model.load(settings, artifact_uri)
+def holdout_accuracy(settings: Settings, version: dict, holdout, feature_columns: list[str]) -> float:
+    """Accuracy of a registered model version (its registry row) on the hold-out frame (features + Survived)."""
+    pipeline = registry.load_model(settings, version)
     predicted = pipeline.predict(holdout[feature_columns])
     return float((predicted == holdout[schema.LABEL].to_numpy(dtype=int)).mean())
 
@@ -45,7 +45,7 @@ def run(settings: Settings, version: str, min_accuracy: float = 0.78, tolerance:
     meta = model.load_json(settings, candidate["artifact_uri"])
     snapshot = read_snapshot(settings, meta["feature_set"])
     holdout = snapshot.loc[meta["holdout_ids"]]
-    accuracy = holdout_accuracy(settings, candidate["artifact_uri"], holdout, meta["feature_columns"])
+    accuracy = holdout_accuracy(settings, candidate, holdout, meta["feature_columns"])
 
     reasons, approved = [], True
     if accuracy >= min_accuracy:
@@ -69,9 +69,9 @@ def run(settings: Settings, version: str, min_accuracy: float = 0.78, tolerance:
             unseen = holdout[~holdout.index.isin(list(trained_on))]
             if unseen.empty:
                 raise KeyError("it was trained on every hold-out row")
-            prod_accuracy = holdout_accuracy(settings, production["artifact_uri"], unseen, columns)
+            prod_accuracy = holdout_accuracy(settings, production, unseen, columns)
             compared = accuracy if len(unseen) == len(holdout) else holdout_accuracy(
-                settings, candidate["artifact_uri"], unseen, meta["feature_columns"])
+                settings, candidate, unseen, meta["feature_columns"])
         except (ModelNotFound, FeatureSetNotFound, KeyError) as exc:
             # an unscoreable production model cannot veto; the threshold still applies
             reasons.append(f"production {production['version']} not compared: {exc}")

@@ -42,7 +42,7 @@ def run(settings: Settings, version: str, input: str) -> dict:  # noqa: A002 - t
         row = resolve(conn, settings.model_name, version)
     finally:
         conn.close()
-    pipeline = model.load(settings, row["artifact_uri"])
+    pipeline = registry.load_model(settings, row)
     meta = model.load_json(settings, row["artifact_uri"])
 
     header, rows, lines, malformed = ingest.parse(ingest.fetch(input, settings))

@@ -223,11 +223,13 @@ def run(settings: Settings, feature_set: str, n_iter: int = 10, cv: int = 3, see
         bucket, key = model.artifact_key(artifact_uri, name)
         s3.put_bytes(client, bucket, key, data, content_type)
 
-    # registered only once the folder is complete: a candidate row always has all its artefacts
+    # registered only once the folder is complete: a candidate row always has all its artefacts;
+    # the hashes live in Postgres, out of reach of the S3 key that can rewrite the folder
     conn = postgres.connect(settings)
     try:
         registry.register(conn, settings.model_name, version, artifact_uri=artifact_uri, metrics=metrics,
-                          params=params, feature_set=feature_set)
+                          params=params, feature_set=feature_set,
+                          artifact_sha256={name: registry.sha256_hex(data) for name, (data, _) in files.items()})
     finally:
         conn.close()
     logger.info("trained %s: hold-out accuracy %.4f, cv %.4f ± %.4f", version, metrics["accuracy"],

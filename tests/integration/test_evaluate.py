@@ -147,9 +147,9 @@ def test_production_is_not_scored_on_rows_it_was_trained_on(gate):
         snapshot = read_snapshot(settings, feature_set)
         unseen = [i for i in cand["holdout_ids"] if i in set(prod["holdout_ids"])]
         assert 0 < len(unseen) < len(cand["holdout_ids"])  # the two splits overlap only in part
-        expected = evaluate.holdout_accuracy(settings, status(settings, other)["artifact_uri"], snapshot.loc[unseen],
+        expected = evaluate.holdout_accuracy(settings, status(settings, other), snapshot.loc[unseen],
                                              prod["feature_columns"])
-        leaky = evaluate.holdout_accuracy(settings, status(settings, other)["artifact_uri"],
+        leaky = evaluate.holdout_accuracy(settings, status(settings, other),
                                           snapshot.loc[cand["holdout_ids"]], prod["feature_columns"])
         assert leaky > expected  # what the gate must not use
         assert verdict["production_version"] == other

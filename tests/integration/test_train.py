@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
+import pathlib
+import pickle
 import subprocess
 import sys
 
@@ -12,7 +16,8 @@ import pytest
 from pipeline import features, model, registry, schema
 from pipeline.errors import FeatureSetNotFound
 from pipeline.steps import features as features_step
-from pipeline.steps import ingest, train
+from pipeline.serving import artifacts
+from pipeline.steps import evaluate, ingest, score, train
 from pipeline.store import postgres
 from pipeline.store import s3 as s3_store
 from tests.conftest import REPO, TRAIN_CSV, make_settings, settings_env
@@ -132,3 +137,50 @@ def test_snapshot_of_the_feature_set_matches_what_training_read(built):
     snapshot = features_step.read_snapshot(settings, feature_set)
     pd.testing.assert_frame_equal(snapshot[features.FEATURE_COLUMNS], X, check_names=False)
     assert (snapshot[schema.LABEL].astype(int) == y).all()
+
+
+class _Touch:
+    """Unpickled, it creates a file: what anyone holding the S3 key could put in place of a model."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def __reduce__(self):
+        return pathlib.Path.touch, (self.path,)
+
+
+def test_a_model_overwritten_after_training_is_refused_before_unpickling(built, tmp_path):
+    settings, feature_set = built
+    result = train.run(settings, feature_set=feature_set, n_iter=1, cv=3, seed=5)
+    uri, version = result["artifact_uri"], result["version"]
+    conn = postgres.connect(settings)
+    try:
+        recorded = registry.get(conn, settings.model_name, version)["artifact_sha256"]
+    finally:
+        conn.close()
+    client = s3_store.client(settings)
+    bucket, prefix = s3_store.split_uri(uri)
+    assert set(recorded) == ARTEFACTS
+    for name in ARTEFACTS:
+        assert recorded[name] == hashlib.sha256(s3_store.get_bytes(client, bucket, f"{prefix}/{name}")).hexdigest()
+
+    marker = tmp_path / "unpickled"
+    evil = pickle.dumps(_Touch(marker))
+    s3_store.put_bytes(client, bucket, f"{prefix}/model.joblib", evil, "application/octet-stream")
+    hashes = (recorded["model.joblib"], hashlib.sha256(evil).hexdigest())
+
+    with pytest.raises(registry.ArtifactMismatch) as refused:
+        evaluate.run(settings, version=version, min_accuracy=0.0)
+    assert f"{uri}/model.joblib" in str(refused.value) and all(h in str(refused.value) for h in hashes)
+    with pytest.raises(registry.ArtifactMismatch):
+        score.run(settings, version=version, input=str(TRAIN_CSV))
+    with pytest.raises(registry.ArtifactMismatch):
+        artifacts.load(settings, model_version=version)
+    proc = subprocess.run([sys.executable, "-m", "pipeline.serving", "predictor", "--model_uri", uri,
+                           "--http_port", "0", "--enable_grpc", "false"],
+                          env={**os.environ, **settings_env(settings), "PYTHONPATH": str(REPO)}, cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "error: predictor: model artefact" in proc.stderr and "model.joblib" in proc.stderr
+    assert all(h in proc.stderr for h in hashes)
+    assert not marker.exists()  # refused before unpickling: the code in the pickle never ran

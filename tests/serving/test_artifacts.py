@@ -71,3 +71,18 @@ def test_predictor_process_refuses_to_start(tmp_path, files, message):
                           timeout=120)
     assert proc.returncode == 1, proc.stderr[-2000:]
     assert "error: predictor: " in proc.stderr and message in proc.stderr
+
+
+def test_model_sha256_setting_guards_a_local_folder(tmp_path, trained_model):
+    """In the cluster the predictor has no database: MODEL_SHA256 carries the registry's hash."""
+    import hashlib
+
+    from pipeline import registry
+
+    folder = _folder(tmp_path)
+    joblib.dump(trained_model.pipeline, folder / "model.joblib")
+    good = hashlib.sha256((folder / "model.joblib").read_bytes()).hexdigest()
+    settings = trained_model.settings.model_copy(update={"model_sha256": good})
+    assert artifacts.load(settings, model_dir=str(folder)).pipeline is not None
+    with pytest.raises(registry.ArtifactMismatch, match=f"registry recorded {'0' * 64}"):
+        artifacts.load(settings.model_copy(update={"model_sha256": "0" * 64}), model_dir=str(folder))
