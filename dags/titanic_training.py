@@ -6,6 +6,11 @@ identifiers through XCom (batch id -> feature-set version -> model version), nev
 Configuration comes from ConfigMap `titanic-config` and Secret `titanic-secrets`.
 A rejected model makes `evaluate` exit with `EXIT_MODEL_REJECTED`, which marks it skipped, so
 `deploy` is skipped rather than failed.
+
+Every step has an `execution_timeout`: with `max_active_runs=1` a hung step would block every
+later run. Params are checked against a JSON schema when a run is created, and each param that
+reaches a pod's `args` is escaped (`$` -> `$$`), because Kubernetes expands `$(VAR)` in `args`
+from the pod's environment, which holds `titanic-secrets`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 from datetime import timedelta
 
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from airflow.sdk import DAG, Param
 from kubernetes.client import models as k8s
 
@@ -36,6 +42,21 @@ RESOURCES = {
     "deploy": ("50m", "128Mi", "500m", "256Mi"),
 }
 
+# Per try, pod start-up (startup_timeout_seconds) included; deploy also waits up to its --timeout for Ready.
+EXECUTION_TIMEOUT = {
+    "ingest": timedelta(minutes=15),
+    "features": timedelta(minutes=15),
+    "train": timedelta(minutes=60),
+    "evaluate": timedelta(minutes=15),
+    "deploy": timedelta(minutes=15),
+}
+# The XCom sidecar only sleeps until Airflow has read return.json.
+XCOM_SIDECAR_RESOURCES = k8s.V1ResourceRequirements(
+    requests={"cpu": "1m", "memory": "10Mi"}, limits={"cpu": "50m", "memory": "32Mi"}
+)
+# End of string in a Param pattern: JSON Schema has no \Z, and Python's `$` also matches before a final newline.
+END = r"(?![\s\S])"
+
 POD_SECURITY = k8s.V1PodSecurityContext(
     run_as_non_root=True,
     run_as_user=1000,
@@ -50,10 +71,29 @@ CONTAINER_SECURITY = k8s.V1SecurityContext(
 )
 
 
+class PipelinePodOperator(KubernetesPodOperator):
+    """KubernetesPodOperator whose XCom sidecar runs the step's own image.
+
+    The provider's default sidecar is `alpine` from Docker Hub: the one image of a step that kind
+    has not preloaded (`kind load`), so an offline cluster fails the first step on ImagePullBackOff.
+    The pipeline image is on the node already and has what the sidecar runs (`sh`, `sleep`, `cat`)
+    as UID 1000. The provider sets the image only through the Kubernetes connection's
+    `xcom_sidecar_container_image` extra, which lives outside the DAG; hence this override.
+    """
+
+    def build_pod_request_obj(self, context=None, *, dry_run: bool = False) -> k8s.V1Pod:
+        pod = super().build_pod_request_obj(context, dry_run=dry_run)
+        for container in pod.spec.containers:
+            if container.name == PodDefaults.SIDECAR_CONTAINER_NAME:
+                container.image, container.image_pull_policy = self.image, self.image_pull_policy
+                container.resources = XCOM_SIDECAR_RESOURCES
+        return pod
+
+
 def pipeline_step(step: str, arguments: list[str], **kwargs) -> KubernetesPodOperator:
     """One pipeline step as its own pod; `arguments` follow `python -m pipeline <step>`."""
     cpu_req, mem_req, cpu_lim, mem_lim = RESOURCES[step]
-    return KubernetesPodOperator(
+    return PipelinePodOperator(
         task_id=step,
         name=f"titanic-{step}",
         namespace=NAMESPACE,
@@ -82,6 +122,7 @@ def pipeline_step(step: str, arguments: list[str], **kwargs) -> KubernetesPodOpe
         do_xcom_push=True,  # the step writes its JSON result to /airflow/xcom/return.json
         on_finish_action="delete_succeeded_pod",  # failed pods stay for `kubectl logs`
         startup_timeout_seconds=300,
+        execution_timeout=EXECUTION_TIMEOUT[step],  # on timeout the operator deletes the pod
         **kwargs,
     )
 
@@ -105,12 +146,15 @@ with DAG(
         "dataset_url": Param(
             "",
             type="string",
-            description="CSV to ingest (http(s)://, s3://bucket/key); empty: DATASET_URL of titanic-config.",
+            maxLength=2048,
+            pattern=rf"^((https?|s3)://[^\s$]+)?{END}",  # no `$` at all: see the module docstring
+            description="CSV to ingest (http(s)://, s3://bucket/key; no `$`); empty: DATASET_URL of titanic-config.",
         ),
         "dataset_sha256": Param(
             "",
             type="string",
-            description="Expected sha256 of the CSV; empty: DATASET_SHA256 of titanic-config.",
+            pattern=rf"^([0-9a-fA-F]{{64}})?{END}",
+            description="Expected sha256 of the CSV (64 hex digits); empty: DATASET_SHA256 of titanic-config.",
         ),
         "min_accuracy": Param(
             0.78, type="number", minimum=0, maximum=1, description="Hold-out accuracy a model needs to deploy."
@@ -118,13 +162,14 @@ with DAG(
     },
 ) as dag:
     # An empty param falls back to the pod's own environment: Kubernetes expands $(VAR) in args.
+    # A given param is escaped ($ -> $$, which Kubernetes turns back into $), so it is never expanded.
     ingest = pipeline_step(
         "ingest",
         [
             "--source",
-            "{{ params.dataset_url or '$(DATASET_URL)' }}",
+            "{{ params.dataset_url | replace('$', '$$') or '$(DATASET_URL)' }}",
             "--sha256",
-            "{{ params.dataset_sha256 or '$(DATASET_SHA256)' }}",
+            "{{ params.dataset_sha256 | replace('$', '$$') or '$(DATASET_SHA256)' }}",
         ],
     )
     features = pipeline_step("features", ["--batch", "{{ ti.xcom_pull(task_ids='ingest')['batch_id'] }}"])
@@ -143,7 +188,7 @@ with DAG(
             "--version",
             "{{ ti.xcom_pull(task_ids='train')['version'] }}",
             "--min-accuracy",
-            "{{ params.min_accuracy }}",
+            "{{ params.min_accuracy | replace('$', '$$') }}",
         ],
         skip_on_exit_code=EXIT_MODEL_REJECTED,
     )

@@ -21,6 +21,9 @@ import kubernetes_validate
 import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
+from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
+from airflow.sdk.exceptions import ParamValidationError
+from airflow.serialization.serialized_objects import DagSerialization
 from kubernetes.client import ApiClient
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -69,6 +72,55 @@ def build_pod(dag, task_id: str, params: dict | None = None) -> dict:
 
 def base_container(pod: dict) -> dict:
     return next(c for c in pod["spec"]["containers"] if c["name"] == "base")
+
+
+def sidecar_container(pod: dict) -> dict:
+    return next(c for c in pod["spec"]["containers"] if c["name"] == PodDefaults.SIDECAR_CONTAINER_NAME)
+
+
+def kubelet_expand(arg: str, env: dict[str, str]) -> str:
+    """What Kubernetes makes of `$` in a container's args (k8s.io/kubernetes third_party/forked/golang/expansion).
+
+    `$$` is one literal `$`; `$(NAME)` becomes the value of NAME if the container defines it and
+    stays as written otherwise; any other `$` is kept.
+    """
+    out, i = [], 0
+    while i < len(arg):
+        if arg.startswith("$$", i):
+            out.append("$")
+            i += 2
+        elif arg.startswith("$(", i) and (end := arg.find(")", i + 2)) != -1:
+            out.append(env.get(arg[i + 2:end], arg[i:end + 1]))
+            i = end + 1
+        else:
+            out.append(arg[i])
+            i += 1
+    return "".join(out)
+
+
+def restricted_violations(pod: dict) -> list[str]:
+    """What Pod Security `restricted` (the `mlops` namespace's enforce level) would refuse in `pod`."""
+    spec, problems = pod["spec"], []
+    pod_sc = spec.get("securityContext") or {}
+    for c in spec.get("initContainers", []) + spec["containers"]:
+        sc, name = c.get("securityContext") or {}, c["name"]
+        caps = sc.get("capabilities") or {}
+        seccomp = (sc.get("seccompProfile") or pod_sc.get("seccompProfile") or {}).get("type")
+        checks = {
+            "privileged": not sc.get("privileged"),
+            "allowPrivilegeEscalation false": sc.get("allowPrivilegeEscalation") is False,
+            "capabilities drop ALL": "ALL" in caps.get("drop", []),
+            "no added capabilities": set(caps.get("add", [])) <= {"NET_BIND_SERVICE"},
+            "runAsNonRoot": sc.get("runAsNonRoot", pod_sc.get("runAsNonRoot")) is True,
+            "runAsUser not 0": sc.get("runAsUser", pod_sc.get("runAsUser")) != 0,
+            "seccomp RuntimeDefault": seccomp in ("RuntimeDefault", "Localhost"),
+        }
+        problems += [f"{name}: {check}" for check, ok in checks.items() if not ok]
+    allowed_volumes = {"name", "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim",
+                       "projected", "secret"}
+    problems += [f"volume {v['name']}" for v in spec.get("volumes", []) if set(v) - allowed_volumes]
+    problems += [field for field in ("hostNetwork", "hostPID", "hostIPC") if spec.get(field)]
+    return problems
 
 
 def test_dagbag_imports_without_errors(dagbag):
@@ -187,6 +239,112 @@ def test_image_comes_from_the_environment_when_set(tmp_path, monkeypatch):
     monkeypatch.setenv("TITANIC_PIPELINE_IMAGE", "titanic-pipeline:9.9.9")
     bag = DagBag(dag_folder=str(DAG_FILE))
     assert {t.image for t in bag.dags["titanic_training"].tasks} == {"titanic-pipeline:9.9.9"}
+    assert sidecar_container(build_pod(bag.dags["titanic_training"], "train"))["image"] == "titanic-pipeline:9.9.9"
+
+
+# What titanic-config and titanic-secrets put into every step pod's environment (envFrom).
+POD_ENV = {"DATABASE_URL": "postgresql://titanic:pg-password@pg-rw.data:5432/titanic", "S3_SECRET_KEY": "s3-key-value",
+           "DATASET_URL": "https://example.org/train.csv", "DATASET_SHA256": "ab" * 32}
+HOSTILE = ["$(DATABASE_URL)", "http://host/?k=$(S3_SECRET_KEY)", "$$(S3_SECRET_KEY)", "$$$(DATABASE_URL)",
+           "s3://raw/$(S3_SECRET_KEY", "$"]
+
+
+def test_kubelet_expansion_model_expands_what_kubernetes_expands():
+    """The model the next test relies on: unescaped, a param would leak the secret."""
+    assert kubelet_expand("http://host/?k=$(S3_SECRET_KEY)", POD_ENV) == "http://host/?k=s3-key-value"
+    assert kubelet_expand("$$(S3_SECRET_KEY) $(UNSET) $x $", POD_ENV) == "$(S3_SECRET_KEY) $(UNSET) $x $"
+
+
+@pytest.mark.parametrize("hostile", HOSTILE)
+def test_params_reach_the_pod_args_as_literal_text(dag, hostile):
+    """Even when validation is bypassed, a param's `$(VAR)` is not expanded from the pod's Secret env."""
+    params = {"dataset_url": hostile, "dataset_sha256": hostile, "min_accuracy": hostile}
+    for step in STEPS:
+        args = [kubelet_expand(a, POD_ENV) for a in base_container(build_pod(dag, step, params))["args"]]
+        assert not any("pg-password" in a or "s3-key-value" in a for a in args), (step, args)
+        if step == "ingest":
+            assert args == ["ingest", "--source", hostile, "--sha256", hostile]
+        if step == "evaluate":
+            assert args[-2:] == ["--min-accuracy", hostile]
+    # the defaults still come from the pod's configuration, expanded by the kubelet
+    args = [kubelet_expand(a, POD_ENV) for a in base_container(build_pod(dag, "ingest"))["args"]]
+    assert args == ["ingest", "--source", POD_ENV["DATASET_URL"], "--sha256", POD_ENV["DATASET_SHA256"]]
+
+
+@pytest.fixture(scope="module")
+def serialized_dag(dag):
+    """The DAG as the scheduler and API server hold it: serialized by the DAG processor, read back."""
+    return DagSerialization.from_dict(json.loads(json.dumps(DagSerialization.to_dict(dag))))
+
+
+def validate_conf(serialized_dag, conf: dict) -> dict:
+    # exactly what SerializedDAG.create_dagrun does with the conf of a triggered run
+    return serialized_dag.params.deep_merge(conf).validate()
+
+
+@pytest.mark.parametrize("conf", [
+    *({"dataset_url": url} for url in HOSTILE),
+    {"dataset_url": "file:///etc/passwd"},
+    {"dataset_url": "/data/train.csv"},
+    {"dataset_url": "ftp://example.org/train.csv"},
+    {"dataset_url": "https://example.org/a b.csv"},
+    {"dataset_url": "https://example.org/train.csv\n"},
+    {"dataset_url": "https://example.org/" + "a" * 2048},
+    {"dataset_url": 42},
+    *({"dataset_sha256": value} for value in
+      ["$(DATASET_SHA256)", "abc", "a" * 63, "a" * 65, "g" * 64, "a" * 64 + "\n", " " + "a" * 63]),
+    *({"min_accuracy": value} for value in [1.5, -0.1, "0.9", "$(DATABASE_URL)", None, True]),
+], ids=lambda conf: repr(conf)[:70])
+def test_a_run_with_an_invalid_param_is_refused(serialized_dag, conf):
+    with pytest.raises(ParamValidationError):
+        validate_conf(serialized_dag, conf)
+
+
+@pytest.mark.parametrize("conf", [
+    {},
+    {"dataset_url": "s3://raw/titanic/batch2.csv", "dataset_sha256": "AB" * 32, "min_accuracy": 0},
+    {"dataset_url": "https://example.org/data/train.csv?version=2&x=%24", "min_accuracy": 1},
+    {"dataset_url": "http://files.mlops.svc:8080/train.csv", "dataset_sha256": "", "min_accuracy": 0.85},
+], ids=repr)
+def test_a_run_with_valid_params_is_accepted(serialized_dag, conf):
+    assert validate_conf(serialized_dag, conf) == {**{k: serialized_dag.params[k] for k in serialized_dag.params},
+                                                   **conf}
+
+
+def test_every_step_has_an_execution_timeout(dag):
+    timeouts = {task.task_id: task.execution_timeout for task in dag.tasks}
+    startup = {task.task_id: timedelta(seconds=task.startup_timeout_seconds) for task in dag.tasks}
+    for step in STEPS:
+        assert timeouts[step] is not None and timeouts[step] > startup[step], step
+        assert timeouts[step] <= timedelta(hours=2), step  # a hung step frees the single run slot soon
+        assert dag.get_task(step).on_kill_action.value == "delete_pod"  # a timed-out step's pod does not live on
+    assert all(timeouts["train"] > timeouts[step] for step in STEPS if step != "train")
+    args = base_container(build_pod(dag, "deploy"))["args"]
+    rollout_wait = timedelta(seconds=float(args[args.index("--timeout") + 1]))
+    # the pod may take its start-up time, then waits for Ready, then restores the previous model
+    assert timeouts["deploy"] >= startup["deploy"] + 2 * rollout_wait
+
+
+@pytest.mark.parametrize("step", STEPS)
+def test_xcom_sidecar_runs_the_preloaded_pipeline_image_under_restricted(dag, step):
+    pod = build_pod(dag, step)
+    sidecar, base = sidecar_container(pod), base_container(pod)
+    assert sidecar["image"] == base["image"] == dag.get_task(step).image  # loaded by `kind load`
+    assert sidecar["image"].startswith("titanic-pipeline:")
+    assert sidecar["imagePullPolicy"] == "IfNotPresent"
+    assert "alpine" not in json.dumps(pod)  # nothing of this pod comes from Docker Hub
+    assert sidecar["command"] == ["sh", "-c", PodDefaults.XCOM_CMD]  # the provider's loop, run by the image's sh
+    assert set(sidecar["resources"]["requests"]) == set(sidecar["resources"]["limits"]) == {"cpu", "memory"}
+    assert {"mountPath": "/airflow/xcom", "name": "xcom"} in sidecar["volumeMounts"]
+    assert restricted_violations(pod) == []
+
+
+def test_restricted_check_catches_a_privileged_sidecar(dag):
+    pod = build_pod(dag, "ingest")
+    sidecar_container(pod)["securityContext"] = {"allowPrivilegeEscalation": True, "runAsUser": 0}
+    assert restricted_violations(pod) == [
+        f"{PodDefaults.SIDECAR_CONTAINER_NAME}: {check}" for check in
+        ("allowPrivilegeEscalation false", "capabilities drop ALL", "runAsUser not 0")]
 
 
 def test_dag_file_imports_no_project_or_data_code():
