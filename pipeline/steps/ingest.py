@@ -7,6 +7,7 @@ import csv
 import hashlib
 import io
 import logging
+import os
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -33,20 +34,68 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-id", default=None, help="batch identifier (default: derived from the file's sha256, so re-runs are no-ops)")
 
 
+# A few hops cover a moved file or a CDN; more means a loop or a detour to somewhere else.
+MAX_REDIRECTS = 3
+_CHUNK = 1 << 16
+
+
 def fetch(source: str, settings: Settings, timeout: float = 60.0) -> bytes:
-    """The bytes behind `source`; SourceError names the source when it cannot be read."""
+    """The bytes behind `source`, at most `settings.ingest_max_bytes` of them.
+
+    SourceError names the source when it cannot be read, is too large, or is of a kind not allowed.
+    """
     scheme = urlparse(source).scheme
+    local = scheme in ("", "file")
+    if scheme not in ("http", "https", "s3") and not (local and settings.ingest_allow_local_paths):
+        allowed = "http(s)://…, s3://bucket/key" + (" or a local path" if settings.ingest_allow_local_paths else "")
+        what = "local paths are not allowed here (INGEST_ALLOW_LOCAL_PATHS=false)" if local else f"{scheme}:// is not supported"
+        raise SourceError(f"cannot read {source}: {what}; use {allowed}")
+    limit = settings.ingest_max_bytes
     try:
         if scheme in ("http", "https"):
-            response = requests.get(source, timeout=timeout)
-            response.raise_for_status()
-            return response.content
+            with requests.Session() as session:
+                session.max_redirects = MAX_REDIRECTS
+                with session.get(source, timeout=timeout, stream=True) as response:
+                    response.raise_for_status()
+                    _refuse_declared(source, response.headers.get("Content-Length"), limit)
+                    return _read_capped(source, response.iter_content(_CHUNK), limit)
         if scheme == "s3":
             bucket, key = s3.split_uri(source)
-            return s3.get_bytes(s3.client(settings), bucket, key)
-        return Path(source.removeprefix("file://")).read_bytes()
+            response = s3.client(settings).get_object(bucket, key)
+            try:
+                _refuse_declared(source, response.headers.get("Content-Length"), limit)
+                return _read_capped(source, response.stream(_CHUNK), limit)
+            finally:
+                response.close()
+                response.release_conn()
+        with open(source.removeprefix("file://"), "rb") as file:
+            _refuse_declared(source, os.fstat(file.fileno()).st_size, limit)
+            return _read_capped(source, iter(lambda: file.read(_CHUNK), b""), limit)
+    except SourceError:
+        raise
     except Exception as exc:  # any transport or storage failure means the same thing to the operator
         raise SourceError(f"cannot read {source}: {exc}") from exc
+
+
+def _too_large(source: str, limit: int, size: int | None = None) -> SourceError:
+    got = f"{size} bytes, more than" if size is not None else "more than"
+    return SourceError(f"cannot read {source}: {got} the limit of {limit} bytes ({limit / 2**20:g} MiB, INGEST_MAX_BYTES)")
+
+
+def _refuse_declared(source: str, size, limit: int) -> None:
+    """Refuse before reading when the size is known up front (Content-Length, file size)."""
+    if size is not None and int(size) > limit:
+        raise _too_large(source, limit, int(size))
+
+
+def _read_capped(source: str, chunks, limit: int) -> bytes:
+    """Join chunks, refusing as soon as they exceed `limit`: a declared size can lie or be absent."""
+    data = bytearray()
+    for chunk in chunks:
+        data += chunk
+        if len(data) > limit:
+            raise _too_large(source, limit)
+    return bytes(data)
 
 
 def parse(data: bytes) -> tuple[list[str], list[list[str]], list[int], list[tuple[int, str, str]]]:
@@ -59,16 +108,26 @@ def parse(data: bytes) -> tuple[list[str], list[list[str]], list[int], list[tupl
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise SchemaError(f"not a CSV file: not UTF-8 text ({exc.reason} at byte {exc.start})") from exc
+    # csv's own field limit (128 KiB) would refuse the whole file for one oversized field; the file
+    # is already capped in size, and the schema rejects an oversized value as one row.
+    default_limit = csv.field_size_limit(max(len(text), csv.field_size_limit()))
+    try:
+        return _read_rows(text)
+    finally:
+        csv.field_size_limit(default_limit)
+
+
+def _read_rows(text: str) -> tuple[list[str], list[list[str]], list[int], list[tuple[int, str, str]]]:
     reader = csv.reader(io.StringIO(text, newline=""))
     try:
         header = [h.strip() for h in next(reader)]
     except csv.Error as exc:
         raise SchemaError(f"not a CSV file: {exc}") from exc
     if len(header) < 2:
-        raise SchemaError(f"not a CSV file: the header has no comma-separated columns ({text[:60]!r})")
+        raise SchemaError(f"not a CSV file: the header has no comma-separated columns ('{schema.excerpt(text)}')")
     missing = [c for c in schema.REQUIRED_COLUMNS if c not in header]
     if missing:
-        raise SchemaError(f"missing required columns: {', '.join(missing)} (header: {', '.join(header)})")
+        raise SchemaError(f"missing required columns: {', '.join(missing)} (header: {schema.excerpt(', '.join(header))})")
     rows, row_lines, malformed = [], [], []
     try:
         for row in reader:
@@ -143,14 +202,15 @@ def _upsert(cur, valid: pd.DataFrame, batch_id: str) -> None:
     buf.seek(0)
     cur.copy_expert(f"COPY incoming ({', '.join(cols)}, batch_id) FROM STDIN WITH (FORMAT csv, NULL '')", buf)
     data_cols = [c for c in cols if c != "passenger_id"]
-    changed = (f"({', '.join('passengers.' + c for c in data_cols)}) IS DISTINCT FROM "
-               f"({', '.join('EXCLUDED.' + c for c in data_cols)})")
+    new = {c: f"EXCLUDED.{c}" for c in data_cols}
+    new["survived"] = "COALESCE(EXCLUDED.survived, passengers.survived)"  # an unlabelled file never erases a label
+    changed = (f"({', '.join('passengers.' + c for c in data_cols)}) IS DISTINCT FROM ({', '.join(new.values())})")
     # Every row of the file takes its batch id (`features --batch` must cover the whole file, not only
     # the rows that changed); ingested_at moves only when the data did.
     cur.execute(
         f"INSERT INTO passengers ({', '.join(cols)}, batch_id) SELECT {', '.join(cols)}, batch_id FROM incoming "
         f"ON CONFLICT (passenger_id) DO UPDATE SET "
-        + ", ".join(f"{c} = EXCLUDED.{c}" for c in [*data_cols, "batch_id"])
+        + ", ".join(f"{c} = {new[c]}" for c in data_cols) + ", batch_id = EXCLUDED.batch_id"
         + f", ingested_at = CASE WHEN {changed} THEN now() ELSE passengers.ingested_at END "
         f"WHERE {changed} OR passengers.batch_id IS DISTINCT FROM EXCLUDED.batch_id"
     )

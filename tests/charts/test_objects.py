@@ -104,6 +104,7 @@ def test_config_keys_are_settings_fields(objects):
     assert config["KSERVE_URL"] == "http://titanic-transformer.mlops.svc.cluster.local"
     settings = Settings(**{k.lower(): v for k, v in config.items()})
     assert settings.s3_secure is False and settings.model_name == "titanic"
+    assert settings.ingest_allow_local_paths is False  # step pods ingest from http(s) or S3 only
 
 
 @pytest.mark.parametrize("values", [None, *helm.SCENARIOS])
