@@ -222,7 +222,12 @@ def _redis(settings: Settings) -> redis.Redis:
     # One client per app, created lazily; redis-py pools connections inside it.
     client = current_app.extensions.get("relay_redis")
     if client is None:
-        client = current_app.extensions["relay_redis"] = redis.Redis.from_url(settings.redis_url)
+        # Timeouts: a hung Redis answers Alertmanager with an error instead of holding the worker.
+        client = current_app.extensions["relay_redis"] = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_socket_timeout,
+            socket_connect_timeout=settings.redis_socket_connect_timeout,
+        )
     return client
 
 

@@ -64,7 +64,8 @@ def run(
     uri = model_uri(settings, version)
     result = {"version": version, "target": target, "storage_uri": uri, "previous_uri": None}
     if target == "cluster":
-        isvc = InferenceService(api or _custom_objects_api(), namespace, settings.model_name)
+        isvc = InferenceService(api or _custom_objects_api(), namespace, settings.model_name,
+                                request_timeout=settings.kube_request_timeout)
         result["previous_uri"] = isvc.rollout(uri, timeout=timeout, poll_interval=poll_interval)
         result["namespace"] = namespace
     # Only now, with the new model serving, does the registry change.
@@ -181,15 +182,19 @@ def readiness(isvc: dict) -> tuple[bool, str | None]:
 class InferenceService:
     """The few calls the deploy step makes on one InferenceService."""
 
-    def __init__(self, api: Any, namespace: str, name: str, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, api: Any, namespace: str, name: str, clock: Callable[[], float] = time.monotonic, *,
+                 request_timeout: float):
         self.api, self.namespace, self.name, self.clock = api, namespace, name, clock
+        self.request_timeout = request_timeout  # seconds per API call: the client's default is to wait forever
 
     def get(self) -> dict | None:
         # kubernetes is imported lazily: it is the `deploy` extra, and `--target local` runs without it.
         from kubernetes.client.exceptions import ApiException
 
         try:
-            return self.api.get_namespaced_custom_object(GROUP, API_VERSION, self.namespace, PLURAL, self.name)
+            return self.api.get_namespaced_custom_object(
+                GROUP, API_VERSION, self.namespace, PLURAL, self.name, _request_timeout=self.request_timeout
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return None
@@ -199,7 +204,8 @@ class InferenceService:
         # JSON patch with a `test`: only this one field changes, and only if nobody changed it meanwhile.
         ops = [{"op": "test", "path": path, "value": expected}, {"op": "replace", "path": path, "value": uri}]
         return self.api.patch_namespaced_custom_object(
-            GROUP, API_VERSION, self.namespace, PLURAL, self.name, ops, _content_type="application/json-patch+json"
+            GROUP, API_VERSION, self.namespace, PLURAL, self.name, ops, _content_type="application/json-patch+json",
+            _request_timeout=self.request_timeout,
         )
 
     def rollout(self, uri: str, timeout: float, poll_interval: float) -> str | None:
@@ -208,7 +214,9 @@ class InferenceService:
         if current is None:
             logger.info("creating InferenceService %s/%s with %s", self.namespace, self.name, uri)
             body = inference_service_body(self.name, self.namespace, uri)
-            current = self.api.create_namespaced_custom_object(GROUP, API_VERSION, self.namespace, PLURAL, body)
+            current = self.api.create_namespaced_custom_object(
+                GROUP, API_VERSION, self.namespace, PLURAL, body, _request_timeout=self.request_timeout
+            )
             path, previous = find_storage_uri(current)[0], None
         else:
             path, previous = find_storage_uri(current)

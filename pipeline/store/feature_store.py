@@ -57,12 +57,16 @@ class FeatureStore:
         self.prefix = settings.feature_store_prefix
         self.keep = settings.feature_sets_keep
         self._url = settings.redis_url
+        self._timeouts = (settings.redis_socket_timeout, settings.redis_socket_connect_timeout)
         self._client = client
 
     @property
     def client(self) -> redis.Redis:
         if self._client is None:
-            self._client = redis.Redis.from_url(self._url)
+            # Short timeouts: the transformer reads on its event loop, where a hung Redis would stall all inference.
+            self._client = redis.Redis.from_url(
+                self._url, socket_timeout=self._timeouts[0], socket_connect_timeout=self._timeouts[1]
+            )
         return self._client
 
     def _entity(self, version: str, entity_id: object) -> str:

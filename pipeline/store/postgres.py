@@ -47,7 +47,9 @@ def migrate(conn: psycopg2.extensions.connection) -> list[str]:
 
 def connect(settings: Settings, *, migrated: bool = True) -> psycopg2.extensions.connection:
     """Open a connection; with `migrated` (default) pending migrations are applied first."""
-    conn = psycopg2.connect(settings.database_url)
+    # Without connect_timeout libpq waits forever on a server that accepts but never answers.
+    # No statement_timeout: passing `options` here would replace the DSN's own (the search_path).
+    conn = psycopg2.connect(settings.database_url, connect_timeout=settings.postgres_connect_timeout)
     if migrated:
         try:
             migrate(conn)

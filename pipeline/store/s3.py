@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 from urllib.parse import urlparse
 
+import urllib3
 from minio import Minio
 
 from pipeline.settings import Settings
@@ -18,6 +19,17 @@ def client(settings: Settings) -> Minio:
         secret_key=settings.s3_secret_key,
         secure=settings.s3_secure,
         region=settings.s3_region,
+        http_client=_http_client(settings),
+    )
+
+
+def _http_client(settings: Settings) -> urllib3.PoolManager:
+    """The SDK's default pool with short timeouts: its own waits 300 s per read and retries 5 times."""
+    return urllib3.PoolManager(
+        timeout=urllib3.Timeout(connect=settings.s3_connect_timeout, read=settings.s3_read_timeout),
+        maxsize=10,
+        cert_reqs="CERT_REQUIRED",  # no ca_certs: the system store, which honours SSL_CERT_FILE
+        retries=urllib3.Retry(total=1, backoff_factor=0.2, status_forcelist=[500, 502, 503, 504]),
     )
 
 
