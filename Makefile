@@ -13,6 +13,11 @@ SHARED ?= $(CURDIR)/../shared## the team's shared folder (CRD schemas, test data
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=## extra arguments for pytest, e.g. PYTEST_ARGS='-k ingest -x'
 PIP_VERSION ?= 25.3## pip used inside the venvs (the bundled 23.2 backtracks badly on Airflow)
+# Tag of the project images: the commit (+ a hash of uncommitted changes); computed once, shared with sub-makes.
+ifeq ($(origin IMG_TAG),undefined)
+IMG_TAG := $(shell hack/image-tag.sh)
+endif
+export IMG_TAG
 
 export PATH := $(LOCALBIN):$(PATH)
 
@@ -45,12 +50,13 @@ $(AIRFLOW_VENV)/.installed: versions.env
 	touch $@
 
 .PHONY: system-deps
-system-deps: ## Install missing Debian packages (redis-server, promtool, chromium; node/npm if absent) with apt.
-	@missing=""; for p in redis-server prometheus chromium chromium-driver; do \
-	  dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+system-deps: ## Install missing Debian/Ubuntu packages (redis-server, promtool, a Chromium unless one exists) with apt.
+	@missing=""; for p in redis-server prometheus; do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	command -v chromium >/dev/null || command -v google-chrome >/dev/null || missing="$$missing chromium"; \
 	command -v npm >/dev/null || missing="$$missing nodejs npm"; \
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	if [ -n "$$missing" ]; then echo "apt-get install$$missing" >&2; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
 
 .PHONY: services-up
 services-up: venv versitygw ## Start Postgres, Redis and an S3 server locally; `eval "$(make -s services-up)"` exports their settings.
@@ -71,7 +77,7 @@ train-local: venv ## Run migrate -> ingest -> features -> train -> evaluate -> d
 ##@ Test
 
 .PHONY: test
-test: system-deps venv airflow-venv tools ## Run the whole test suite against real local services (started and stopped by the tests).
+test: system-deps venv airflow-venv tools kube-tools ## Run the whole test suite against real local services (started and stopped by the tests).
 	$(VENV)/bin/pytest tests --ignore=tests/dags $(PYTEST_ARGS)
 	$(AIRFLOW_VENV)/bin/pytest tests/dags -p no:cacheprovider --confcutdir=tests/dags $(PYTEST_ARGS)  # tests/conftest.py needs the main venv
 

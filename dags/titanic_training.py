@@ -23,8 +23,8 @@ from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from airflow.sdk import DAG, Param
 from kubernetes.client import models as k8s
 
-# The image is set in one place: the Airflow image bakes TITANIC_PIPELINE_IMAGE from IMG_TAG and
-# the Airflow chart values may override it; the default matches IMG_TAG in versions.env.
+# The image is set in one place: the Airflow image bakes TITANIC_PIPELINE_IMAGE from make's IMG_TAG (the
+# commit) and the Airflow chart values may override it; the default is the project's release tag.
 PIPELINE_IMAGE = os.environ.get("TITANIC_PIPELINE_IMAGE", "titanic-pipeline:0.1.0")
 NAMESPACE = "mlops"
 SERVICE_ACCOUNT = "titanic-pipeline"

@@ -7,6 +7,7 @@ TRAIN_DAG ?= titanic_training## DAG that `make train` triggers
 TRAIN_CONF ?= {}## DAG run conf, e.g. TRAIN_CONF='{"min_accuracy": 0.8}'
 TRAIN_TIMEOUT ?= 3600## seconds `make train` follows a run before giving up
 TRAIN_POLL ?= 15## seconds between two state checks of the run
+TRAIN_REQUIRE_DEPLOY ?=## non-empty: a run whose model the quality gate rejects fails (first-model: nothing to wait for)
 DOCKER ?= docker## container image builder
 
 # The Airflow CLI inside the scheduler: no port-forward and no credentials needed.
@@ -43,4 +44,5 @@ train: ## Trigger the titanic_training DAG on the cluster and follow the run to 
 	tasks=$$($(AIRFLOW_CLI) tasks states-for-dag-run $(TRAIN_DAG) "$$run_id" -o plain); \
 	echo "$$tasks"; \
 	if [ "$$state" != success ]; then echo "run $$run_id failed; failed step pods are kept: kubectl -n mlops get pods" >&2; exit 1; fi; \
-	if echo "$$tasks" | grep -Eq '\bdeploy\b.*\bskipped\b'; then echo "the quality gate rejected the model: production model unchanged"; fi
+	if echo "$$tasks" | grep -Eq '\bdeploy\b.*\bskipped\b'; then echo "the quality gate rejected the model: production model unchanged"; \
+	  if [ -n "$(TRAIN_REQUIRE_DEPLOY)" ]; then echo "no model was deployed, so none will be served: see the evaluate step's log" >&2; exit 3; fi; fi

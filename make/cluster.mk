@@ -10,10 +10,36 @@ ISVC_TIMEOUT ?= 1200s## how long cluster-up waits for the InferenceService after
 GRAFANA_PORT ?= 3000## local port of `make grafana`
 AIRFLOW_PORT ?= 8080## local port of `make airflow`
 S3_CONSOLE_PORT ?= 8333## local port of `make s3-console`
+DEPLOY_ARGS ?=## extra arguments for the chart's helm upgrade, e.g. DEPLOY_ARGS='--set webapp.replicas=2'
+
+CHARTS_DIR ?=## a folder of unpacked upstream charts (<name>/Chart.yaml) to install instead of their repositories (offline tests)
 
 KUBECTL_BIN := $(LOCALBIN)/kubectl
 KUBECTL = $(KUBECTL_BIN) --context $(KUBE_CONTEXT)
 HELM_UP = $(HELM) --kube-context $(KUBE_CONTEXT) upgrade --install --wait --timeout $(WAIT_TIMEOUT)
+# The upstream charts of cluster-up: where each comes from and its pinned version (versions.env).
+UPSTREAM_CHARTS := cert-manager traefik kserve-crd kserve-resources cloudnative-pg valkey seaweedfs kube-prometheus-stack airflow
+CHART_REF_cert-manager := cert-manager --repo https://charts.jetstack.io
+CHART_REF_traefik := traefik --repo https://traefik.github.io/charts
+CHART_REF_kserve-crd := oci://ghcr.io/kserve/charts/kserve-crd
+CHART_REF_kserve-resources := oci://ghcr.io/kserve/charts/kserve-resources
+CHART_REF_cloudnative-pg := cloudnative-pg --repo https://cloudnative-pg.github.io/charts
+CHART_REF_valkey := valkey --repo https://valkey.io/valkey-helm/
+CHART_REF_seaweedfs := seaweedfs --repo https://seaweedfs.github.io/seaweedfs/helm
+CHART_REF_kube-prometheus-stack := kube-prometheus-stack --repo https://prometheus-community.github.io/helm-charts
+CHART_REF_airflow := airflow --repo https://airflow.apache.org
+CHART_VERSION_cert-manager := $(CERT_MANAGER_CHART_VERSION)
+CHART_VERSION_traefik := $(TRAEFIK_CHART_VERSION)
+CHART_VERSION_kserve-crd := $(KSERVE_CHART_VERSION)
+CHART_VERSION_kserve-resources := $(KSERVE_CHART_VERSION)
+CHART_VERSION_cloudnative-pg := $(CNPG_CHART_VERSION)
+CHART_VERSION_valkey := $(VALKEY_CHART_VERSION)
+CHART_VERSION_seaweedfs := $(SEAWEEDFS_CHART_VERSION)
+CHART_VERSION_kube-prometheus-stack := $(KPS_CHART_VERSION)
+CHART_VERSION_airflow := $(AIRFLOW_CHART_VERSION)
+# upstream NAME: the chart from its repository at the pinned version, or the unpacked copy $(CHARTS_DIR)/NAME when
+# CHARTS_DIR is set (offline tests; a test checks each copy's Chart.yaml has the pinned version).
+upstream = $(if $(CHARTS_DIR),$(CHARTS_DIR)/$(1),$(CHART_REF_$(1)) --version $(CHART_VERSION_$(1)))
 VALUES := $(CURDIR)/charts/values
 PROJECT_IMAGES := titanic-pipeline titanic-model-server titanic-webapp titanic-airflow
 
@@ -28,7 +54,9 @@ S3_CONSOLE := svc/seaweedfs-all-in-one $(S3_CONSOLE_PORT):8333
 endif
 
 # secret-get NAMESPACE NAME KEY: a value of an existing Secret (empty when absent), so re-runs reuse credentials.
-secret-get = $$($(KUBECTL) -n $(1) get secret $(2) -o jsonpath='{.data.$(3)}' 2>/dev/null | base64 -d)
+# --ignore-not-found: only "absent" is empty; any other error (API unreachable, forbidden) stops the recipe
+# with kubectl's message instead of silently generating new credentials over the existing ones.
+secret-get = $$($(KUBECTL) -n $(1) get secret $(2) --ignore-not-found -o jsonpath='{.data.$(3)}' | base64 -d)
 # A new random credential (hex: safe in URLs and connection strings).
 random = $$(openssl rand -hex $(1))
 # apply-secret NAMESPACE NAME ARGS: create or update a generic Secret from --from-literal ARGS.
@@ -39,11 +67,14 @@ apply-secret = $(KUBECTL) -n $(1) create secret generic $(2) $(3) --dry-run=clie
 .PHONY: cluster-up
 cluster-up: ## Create the kind cluster and install everything: platform, images, project chart, dataset, first model.
 	$(MAKE) --no-print-directory cluster-create
+	$(MAKE) --no-print-directory load-third-party
+	$(MAKE) --no-print-directory namespaces
 	$(MAKE) --no-print-directory cert-manager
 	$(MAKE) --no-print-directory ingress
 	$(MAKE) --no-print-directory kserve
 	$(MAKE) --no-print-directory credentials
 	$(MAKE) --no-print-directory postgres
+	$(MAKE) --no-print-directory postgres-ready
 	$(MAKE) --no-print-directory redis
 	$(MAKE) --no-print-directory object-store
 	$(MAKE) --no-print-directory monitoring
@@ -60,26 +91,30 @@ cluster-down: kind ## Delete the kind cluster (and everything in it).
 	$(KIND) delete cluster --name $(KIND_CLUSTER)
 
 .PHONY: cluster-create
-cluster-create: kind kubectl helm ## Create the kind cluster from kind-config.yaml unless it exists, and the namespaces.
+cluster-create: kind kubectl helm ## Create the kind cluster from kind-config.yaml unless it exists.
 	@command -v docker >/dev/null || { echo "Docker is required (see README: Running the platform)" >&2; exit 1; }
 	if ! $(KIND) get clusters 2>/dev/null | grep -qx '$(KIND_CLUSTER)'; then \
 	  $(KIND) create cluster --name $(KIND_CLUSTER) --config kind-config.yaml --image $(KIND_NODE_IMAGE) --wait 180s; fi
+
+.PHONY: namespaces
+namespaces: kubectl ## Create the platform's namespaces (Pod Security labels included).
 	$(KUBECTL) apply -f manifests/namespaces.yaml
 
 .PHONY: cert-manager
 cert-manager: ## Install cert-manager (KServe's webhook certificates).
-	$(HELM_UP) cert-manager cert-manager --repo https://charts.jetstack.io --version $(CERT_MANAGER_CHART_VERSION) \
+	$(HELM_UP) cert-manager $(call upstream,cert-manager) \
 	  -n cert-manager --create-namespace -f $(VALUES)/cert-manager.yaml
 
 .PHONY: ingress
 ingress: ## Install Traefik, the ingress controller on host ports 80/443.
-	$(HELM_UP) traefik traefik --repo https://traefik.github.io/charts --version $(TRAEFIK_CHART_VERSION) \
+	$(HELM_UP) traefik $(call upstream,traefik) \
 	  -n traefik --create-namespace -f $(VALUES)/traefik.yaml
 
 .PHONY: kserve
 kserve: ## Install the KServe CRDs and controller in Standard (raw Deployment) mode.
-	$(HELM_UP) kserve-crd oci://ghcr.io/kserve/charts/kserve-crd --version $(KSERVE_CHART_VERSION) -n kserve --create-namespace
-	$(HELM_UP) kserve-resources oci://ghcr.io/kserve/charts/kserve-resources --version $(KSERVE_CHART_VERSION) \
+	$(HELM_UP) kserve-crd $(call upstream,kserve-crd) \
+	  -n kserve --create-namespace
+	$(HELM_UP) kserve-resources $(call upstream,kserve-resources) \
 	  -n kserve -f $(VALUES)/kserve-resources.yaml
 
 # Generated once, kept in the cluster (the Secrets below are the source of truth), reused on every re-run: Postgres roles, S3 keys, Airflow secrets, the
@@ -113,14 +148,17 @@ credentials: ## Generate the platform's credentials as Secrets (only those missi
 
 .PHONY: postgres
 postgres: ## Install the CloudNativePG operator and the Postgres Cluster "pg" (databases titanic and airflow).
-	$(HELM_UP) cnpg cloudnative-pg --repo https://cloudnative-pg.github.io/charts --version $(CNPG_CHART_VERSION) \
+	$(HELM_UP) cnpg $(call upstream,cloudnative-pg) \
 	  -n cnpg-system --create-namespace -f $(VALUES)/cloudnative-pg.yaml
 	$(KUBECTL) apply -f manifests/postgres-cluster.yaml
+
+.PHONY: postgres-ready
+postgres-ready: ## Wait until the Postgres Cluster "pg" is Ready (its instance pods run and the databases exist).
 	$(KUBECTL) -n data wait cluster/pg --for=condition=Ready --timeout=$(WAIT_TIMEOUT)
 
 .PHONY: redis
 redis: ## Install Valkey (official chart and image; Redis protocol) for the online feature store.
-	$(HELM_UP) valkey valkey --repo https://valkey.io/valkey-helm/ --version $(VALKEY_CHART_VERSION) \
+	$(HELM_UP) valkey $(call upstream,valkey) \
 	  -n data -f $(VALUES)/valkey.yaml
 
 .PHONY: object-store
@@ -130,20 +168,20 @@ ifeq ($(OBJECT_STORE),minio)
 	$(KUBECTL) apply -f manifests/minio.yaml
 	$(KUBECTL) -n data rollout status deploy/minio --timeout=$(WAIT_TIMEOUT)
 else
-	$(HELM_UP) seaweedfs seaweedfs --repo https://seaweedfs.github.io/seaweedfs/helm --version $(SEAWEEDFS_CHART_VERSION) \
+	$(HELM_UP) seaweedfs $(call upstream,seaweedfs) \
 	  -n data -f $(VALUES)/seaweedfs.yaml
 endif
 
 .PHONY: monitoring
 monitoring: ## Install kube-prometheus-stack (Prometheus, Alertmanager -> web app webhook, Grafana).
-	$(HELM_UP) monitoring kube-prometheus-stack --repo https://prometheus-community.github.io/helm-charts \
-	  --version $(KPS_CHART_VERSION) -n monitoring -f $(VALUES)/kube-prometheus-stack.yaml
+	$(HELM_UP) monitoring $(call upstream,kube-prometheus-stack) \
+	  -n monitoring -f $(VALUES)/kube-prometheus-stack.yaml
 
 .PHONY: airflow-install
 airflow-install: ## Install Airflow (official chart, LocalExecutor, the titanic-airflow image, CNPG database).
 	$(MAKE) --no-print-directory airflow-image
 	$(MAKE) --no-print-directory load LOAD_IMAGES=titanic-airflow
-	$(HELM_UP) airflow airflow --repo https://airflow.apache.org --version $(AIRFLOW_CHART_VERSION) -n airflow \
+	$(HELM_UP) airflow $(call upstream,airflow) -n airflow \
 	  -f $(VALUES)/airflow.yaml --set defaultAirflowTag=$(IMG_TAG) --set airflowVersion=$(AIRFLOW_VERSION) \
 	  --set-string createUserJob.defaultUser.password="$(call secret-get,airflow,airflow-admin,password)"
 
@@ -152,25 +190,43 @@ airflow-install: ## Install Airflow (official chart, LocalExecutor, the titanic-
 .PHONY: images
 images: ## Build the project images (pipeline, model server, web app, Airflow) tagged $(IMG_TAG).
 	$(MAKE) --no-print-directory pipeline-image
-	docker build -f images/model-server/Dockerfile -t titanic-model-server:$(IMG_TAG) \
-	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) .
+	$(MAKE) --no-print-directory model-server-image
 	$(MAKE) --no-print-directory webapp-image
 	$(MAKE) --no-print-directory airflow-image
 
 LOAD_IMAGES ?= $(PROJECT_IMAGES)## images `make load` copies into the kind node
+THIRD_PARTY_IMAGES = $(shell grep -v '^\#' charts/values/images.txt)
+# docker save IMAGE FILE: --platform (one platform of a multi-platform store) needs daemon API >= 1.48; older
+# daemons (Debian's 20.10 is 1.41) refuse the flag and have single-platform stores anyway.
+docker-save = if [ "$$(printf '%s\n1.48\n' "$$($(DOCKER) version -f '{{.Server.APIVersion}}')" | sort -V | head -n1)" = 1.48 ]; \
+  then $(DOCKER) save --platform linux/$$($(DOCKER) version -f '{{.Server.Arch}}') -o $(2) $(1); else $(DOCKER) save -o $(2) $(1); fi
+
 .PHONY: load
 load: kind ## Copy the project images into the kind node (docker save | kind load image-archive: works with containerd stores).
 	@mkdir -p $(CLUSTER_BUILD)
 	for img in $(LOAD_IMAGES); do \
-	  docker save --platform linux/$$(docker version -f '{{.Server.Arch}}') -o $(CLUSTER_BUILD)/$$img.tar $$img:$(IMG_TAG); \
+	  $(call docker-save,$$img:$(IMG_TAG),$(CLUSTER_BUILD)/$$img.tar); \
 	  $(KIND) load image-archive $(CLUSTER_BUILD)/$$img.tar --name $(KIND_CLUSTER); \
 	  rm -f $(CLUSTER_BUILD)/$$img.tar; done
 
+# Pulled once on the laptop (its Docker login and cache) instead of ~20 anonymous pulls from the node, which
+# Docker Hub limits per IP; the list is what the pinned charts and values reference (a test keeps it in step).
+.PHONY: load-third-party
+load-third-party: kind ## Pull the upstream images of cluster-up (charts/values/images.txt) and load them into the kind node.
+	@mkdir -p $(CLUSTER_BUILD)
+	for img in $(THIRD_PARTY_IMAGES); do \
+	  $(DOCKER) image inspect $$img >/dev/null 2>&1 || $(DOCKER) pull -q $$img; done
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $(THIRD_PARTY_IMAGES)
+
 .PHONY: deploy
-deploy: helm ## Install or upgrade the project chart (release titanic in mlops); keeps the served model version.
-	$(HELM_UP) titanic charts/titanic -n mlops -f $(CLUSTER_BUILD)/credentials.yaml \
+deploy: helm $(CLUSTER_BUILD)/credentials.yaml ## Install or upgrade the project chart (release titanic in mlops); keeps the served model version.
+	$(HELM_UP) --atomic titanic charts/titanic -n mlops -f $(CLUSTER_BUILD)/credentials.yaml \
 	  --set image.tag=$(IMG_TAG) --set config.s3Endpoint=$(S3_ENDPOINT_IN_CLUSTER) \
-	  --set config.datasetSha256=$(DATASET_SHA256)
+	  --set config.datasetSha256=$(DATASET_SHA256) $(DEPLOY_ARGS)
+
+# The chart's credentials values come from the Secrets of `make credentials` (generated there when missing).
+$(CLUSTER_BUILD)/credentials.yaml:
+	$(MAKE) --no-print-directory credentials
 
 # The CSV is downloaded on the laptop, checked against DATASET_SHA256, and streamed into a one-off pod of the
 # pipeline image that checks it again and writes it to s3://raw/titanic/train.csv with the project's settings.
@@ -194,7 +250,7 @@ dataset: ## Download the dataset (sha256-checked) and upload it to s3://raw/tita
 
 .PHONY: first-model
 first-model: ## Run titanic_training once (make train) and wait until the InferenceService serves the model.
-	$(MAKE) --no-print-directory train KUBECTL="$(KUBECTL)"
+	$(MAKE) --no-print-directory train KUBECTL="$(KUBECTL)" TRAIN_REQUIRE_DEPLOY=1
 	$(KUBECTL) -n mlops wait inferenceservice/titanic --for=condition=Ready --timeout=$(ISVC_TIMEOUT)
 
 .PHONY: urls
@@ -242,6 +298,13 @@ s3-console: kubectl ## Port-forward the S3 store (SeaweedFS S3 API / MinIO conso
 
 ##@ Test
 
+.PHONY: upstream-charts
+upstream-charts: helm ## Download every upstream chart at its pinned version, unpacked, into CHARTS_DIR (offline tests elsewhere).
+	@[ -n "$(CHARTS_DIR)" ] || { echo "set CHARTS_DIR=<folder>" >&2; exit 1; }
+	mkdir -p $(CHARTS_DIR)
+	$(foreach c,$(UPSTREAM_CHARTS),[ -f $(CHARTS_DIR)/$(c)/Chart.yaml ] || \
+	  $(HELM) pull $(CHART_REF_$(c)) --version $(CHART_VERSION_$(c)) --untar --untardir $(CHARTS_DIR);)
+
 .PHONY: lint-charts
 lint-charts: venv tools ## Lint and validate the charts offline: helm lint, kubeconform -strict, kube-score, object assertions.
 	$(VENV)/bin/pytest tests/charts $(PYTEST_ARGS)
@@ -253,9 +316,12 @@ test-e2e: venv ## Run tests/e2e against the cluster of `make cluster-up` (skippe
 ##@ Dependencies
 
 .PHONY: kubectl
-kubectl: ## kubectl client (release binary from dl.k8s.io, KUBECTL_VERSION).
+kubectl: ## kubectl client (release binary from dl.k8s.io, KUBECTL_VERSION; built from the pinned module when unreachable).
 	@[ -x "$(KUBECTL_BIN)-$(KUBECTL_VERSION)" ] || { mkdir -p $(LOCALBIN); \
 	  os=$$(uname -s | tr A-Z a-z); arch=$$(uname -m | sed 's/x86_64/amd64/;s/aarch64/arm64/'); \
-	  curl -fsSL -o $(KUBECTL_BIN)-$(KUBECTL_VERSION) https://dl.k8s.io/release/$(KUBECTL_VERSION)/bin/$$os/$$arch/kubectl; \
-	  chmod +x $(KUBECTL_BIN)-$(KUBECTL_VERSION); }
+	  if curl -fsSL --max-time 120 -o $(KUBECTL_BIN)-$(KUBECTL_VERSION).part \
+	       https://dl.k8s.io/release/$(KUBECTL_VERSION)/bin/$$os/$$arch/kubectl; then \
+	    chmod +x $(KUBECTL_BIN)-$(KUBECTL_VERSION).part && mv $(KUBECTL_BIN)-$(KUBECTL_VERSION).part $(KUBECTL_BIN)-$(KUBECTL_VERSION); \
+	  else rm -f $(KUBECTL_BIN)-$(KUBECTL_VERSION).part; echo "dl.k8s.io unreachable: building kubectl from k8s.io/kubernetes" >&2; \
+	    hack/kube/build.sh $(LOCALBIN) $(KUBE_VERSION) kubectl; fi; }
 	@ln -sf kubectl-$(KUBECTL_VERSION) $(KUBECTL_BIN)

@@ -54,6 +54,8 @@ class Settings(BaseSettings):
     """How many feature-set versions stay in Redis; older ones are garbage-collected."""
     kserve_url: str = "http://127.0.0.1:8080"
     """Base URL of the KServe transformer the web app calls."""
+    model_server_image: str = "titanic-model-server:0.1.0"
+    """Image of the predictor and transformer when the deploy step has to create the InferenceService (chart: its tag)."""
     transformer_max_body_bytes: int = Field(default=256 * 1024, ge=1)
     """Largest request body the transformer reads (413 above); the web app's 64 KiB input grows up to ~3x when forwarded (JSON escapes)."""
     transformer_max_instances: int = Field(default=100, ge=1)

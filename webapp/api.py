@@ -58,6 +58,7 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Ready when the model server answers ready, so no traffic reaches a page that cannot predict."""
+    """Deep health for monitoring and `helm test`: the model server answers ready. Not the pod's readiness
+    probe (that is /healthz): pages work without KServe and say so, and the first model comes after install."""
     ready, detail = get_client().ready()
     return jsonify({"ready": ready, "kserve": detail}), 200 if ready else 503

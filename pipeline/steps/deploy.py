@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import time
 from typing import Any, Callable
 
 from pipeline import registry
 from pipeline.errors import PipelineError
+from pipeline.model import MODEL_FILE
 from pipeline.settings import Settings
 from pipeline.store import postgres
 
@@ -16,9 +18,6 @@ logger = logging.getLogger(__name__)
 
 GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 DEPLOYABLE = ("approved", "production")
-# Used only when the InferenceService is absent (the chart normally creates it); the tag is
-# versions.env IMG_TAG, which a test keeps in step.
-MODEL_SERVER_IMAGE = "titanic-model-server:0.1.0"
 # KServe's modelStatus.transitionStatus values that will not resolve by waiting longer.
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
 
@@ -47,9 +46,12 @@ def run(
     target: str = "cluster",
     *,
     api: Any = None,
+    apps: Any = None,
+    serving_check: Callable[[str], str | None] | None | str = "http",
     poll_interval: float = 2.0,
 ) -> dict:
-    """Deploy `version`; `api` is a kubernetes CustomObjectsApi (built from the pod's service account if None)."""
+    """Deploy `version`. `api`/`apps`: kubernetes CustomObjectsApi/AppsV1Api (from the pod's service account, or
+    the kubeconfig, when None); `serving_check(version)` says what the served model answers (None: `version`)."""
     conn = postgres.connect(settings)
     try:
         entry = registry.get(conn, settings.model_name, version)
@@ -64,9 +66,14 @@ def run(
     uri = model_uri(settings, version)
     result = {"version": version, "target": target, "storage_uri": uri, "previous_uri": None}
     if target == "cluster":
-        isvc = InferenceService(api or _custom_objects_api(), namespace, settings.model_name,
-                                request_timeout=settings.kube_request_timeout)
-        result["previous_uri"] = isvc.rollout(uri, timeout=timeout, poll_interval=poll_interval)
+        if api is None:
+            api, apps = custom_objects_api(), apps_api()
+        if serving_check == "http":
+            serving_check = functools.partial(answered_version, settings)
+        isvc = InferenceService(api, namespace, settings.model_name, request_timeout=settings.kube_request_timeout,
+                                apps=apps, serving_check=serving_check, image=settings.model_server_image)
+        sha256 = registry.recorded_sha256(entry, MODEL_FILE)
+        result["previous_uri"] = isvc.rollout(uri, version, sha256, timeout=timeout, poll_interval=poll_interval)
         result["namespace"] = namespace
     # Only now, with the new model serving, does the registry change.
     conn = postgres.connect(settings)
@@ -76,6 +83,26 @@ def run(
         conn.close()
     logger.info("model %s version %s is in production (%s)", settings.model_name, version, target)
     return result
+
+
+# One passenger of the training data: the deploy step asks the model server which version answers.
+PROBE_PASSENGER = {"Pclass": 3, "Name": "Braund, Mr. Owen Harris", "Sex": "male", "Age": 22, "SibSp": 1,
+                   "Parch": 0, "Ticket": "A/5 21171", "Fare": 7.25, "Cabin": "", "Embarked": "S"}
+
+
+def answered_version(settings: Settings, version: str) -> str | None:
+    """None when a prediction through KSERVE_URL comes from `version`; else what came back instead."""
+    import requests
+
+    url = f"{settings.kserve_url.rstrip('/')}/v1/models/{settings.model_name}:predict"
+    try:
+        response = requests.post(url, json={"instances": [PROBE_PASSENGER]}, timeout=5)
+    except requests.RequestException as exc:
+        return f"the model server does not answer ({type(exc).__name__})"
+    if response.status_code != 200:
+        return f"the model server answers {response.status_code}"
+    served = response.json().get("model_version")
+    return None if served == version else f"the model server still answers with version {served}"
 
 
 def model_uri(settings: Settings, version: str) -> str:
@@ -98,42 +125,31 @@ CONTAINER_SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop"
                       "seccompProfile": {"type": "RuntimeDefault"}}
 
 
-def inference_service_body(name: str, namespace: str, uri: str, image: str = MODEL_SERVER_IMAGE,
+def inference_service_body(name: str, namespace: str, uri: str, image: str, sha256: str | None = None,
                            log_level: str = "INFO") -> dict:
-    """The InferenceService as charts/titanic renders it; used only to create it when it is absent."""
-
-    def component(role: str) -> dict:
-        # STORAGE_URI on the custom predictor makes KServe's storage initializer fetch the model.
-        storage = [{"name": "STORAGE_URI", "value": uri}] if role == "predictor" else []
+    """The InferenceService as charts/titanic renders it (plus the served model); used only to create it when
+    it is absent. The predictor's container comes from the chart's ServingRuntime `<name>-model-server`."""
+    pod = {"serviceAccountName": "titanic-models", "securityContext": POD_SECURITY,
+           "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}]}
+    model = {"modelFormat": {"name": f"{name}-onnx-sklearn"}, "runtime": f"{name}-model-server", "protocolVersion": "v1",
+             "storageUri": uri, "resources": RESOURCES["predictor"], **_model_env(sha256)}
+    transformer = {
+        "name": "kserve-container",
+        "image": image,
+        "imagePullPolicy": "IfNotPresent",
+        "args": ["transformer", "--model_name", name],
+        "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
         # The transformer reads drift references (S3) and stored features (Redis) with the step pods' settings.
-        settings_from = {"envFrom": [{"configMapRef": {"name": "titanic-config"}},
-                                     {"secretRef": {"name": "titanic-secrets"}}]} if role == "transformer" else {}
-        return {
-            "minReplicas": 1,
-            "maxReplicas": 1,
-            "serviceAccountName": "titanic-models",
-            "securityContext": POD_SECURITY,
-            "containers": [
-                {
-                    "name": "kserve-container",
-                    "image": image,
-                    "imagePullPolicy": "IfNotPresent",
-                    "args": [role, "--model_name", name],
-                    "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
-                    **settings_from,
-                    "env": [*storage, {"name": "MODEL_NAME", "value": name}, {"name": "LOG_LEVEL", "value": log_level}],
-                    "readinessProbe": {"httpGet": {"path": f"/v1/models/{name}", "port": "http1"},
-                                       "periodSeconds": 5, "failureThreshold": 3},
-                    "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http1"},
-                                      "periodSeconds": 20, "timeoutSeconds": 3, "failureThreshold": 3},
-                    "resources": RESOURCES[role],
-                    "securityContext": CONTAINER_SECURITY,
-                    "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
-                }
-            ],
-            "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "64Mi"}}],
-        }
-
+        "envFrom": [{"configMapRef": {"name": "titanic-config"}}, {"secretRef": {"name": "titanic-secrets"}}],
+        "env": [{"name": "MODEL_NAME", "value": name}, {"name": "LOG_LEVEL", "value": log_level}],
+        "readinessProbe": {"httpGet": {"path": f"/v1/models/{name}", "port": "http1"},
+                           "periodSeconds": 5, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http1"},
+                          "periodSeconds": 20, "timeoutSeconds": 3, "failureThreshold": 3},
+        "resources": RESOURCES["transformer"],
+        "securityContext": CONTAINER_SECURITY,
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
     return {
         "apiVersion": f"{GROUP}/{API_VERSION}",
         "kind": "InferenceService",
@@ -144,19 +160,25 @@ def inference_service_body(name: str, namespace: str, uri: str, image: str = MOD
                        "app.kubernetes.io/part-of": "titanic-mlops"},
             "annotations": {"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "none"},
         },
-        "spec": {"predictor": component("predictor"), "transformer": component("transformer")},
+        "spec": {"predictor": {"minReplicas": 1, "maxReplicas": 1, **pod, "model": model},
+                 "transformer": {"minReplicas": 1, "maxReplicas": 1, **pod, "containers": [transformer]}},
     }
 
 
-def find_storage_uri(isvc: dict) -> tuple[str, str]:
+def _model_env(sha256: str | None) -> dict:
+    """The predictor's MODEL_SHA256 (checked before unpickling), beside storageUri: also never rendered by Helm."""
+    return {"env": [{"name": "MODEL_SHA256", "value": sha256}]} if sha256 else {}
+
+
+def find_storage_uri(isvc: dict) -> tuple[str, str | None]:
     """(JSON pointer, value) of the predictor's model location, wherever the spec keeps it.
 
-    The chart may use `predictor.model.storageUri`, `predictor.storageUris[0].uri` or the
-    `STORAGE_URI` env of the custom `kserve-container`; the deploy step patches exactly that field.
+    The chart uses `predictor.model.storageUri` (None before the first deploy); `predictor.storageUris[0].uri`
+    and the `STORAGE_URI` env of a custom `kserve-container` are KServe's other ways, patched the same way.
     """
     predictor = isvc.get("spec", {}).get("predictor", {})
-    if predictor.get("model", {}).get("storageUri"):
-        return "/spec/predictor/model/storageUri", predictor["model"]["storageUri"]
+    if "model" in predictor:  # no storageUri yet: a fresh install, the chart never renders one
+        return "/spec/predictor/model/storageUri", predictor["model"].get("storageUri")
     if predictor.get("storageUris"):
         return "/spec/predictor/storageUris/0/uri", predictor["storageUris"][0]["uri"]
     for i, container in enumerate(predictor.get("containers") or []):
@@ -180,12 +202,15 @@ def readiness(isvc: dict) -> tuple[bool, str | None]:
 
 
 class InferenceService:
-    """The few calls the deploy step makes on one InferenceService."""
+    """The few calls the deploy step makes on one InferenceService (and the predictor Deployment KServe makes)."""
 
     def __init__(self, api: Any, namespace: str, name: str, clock: Callable[[], float] = time.monotonic, *,
-                 request_timeout: float):
+                 request_timeout: float, apps: Any = None, serving_check: Callable[[str], str | None] | None = None,
+                 image: str = ""):
         self.api, self.namespace, self.name, self.clock = api, namespace, name, clock
         self.request_timeout = request_timeout  # seconds per API call: the client's default is to wait forever
+        # apps (AppsV1Api) and serving_check are skipped when None: unit tests against a fake KServe API.
+        self.apps, self.serving_check, self.image = apps, serving_check, image
 
     def get(self) -> dict | None:
         # kubernetes is imported lazily: it is the `deploy` extra, and `--target local` runs without it.
@@ -200,55 +225,76 @@ class InferenceService:
                 return None
             raise
 
-    def set_uri(self, path: str, expected: str, uri: str) -> dict:
-        # JSON patch with a `test`: only this one field changes, and only if nobody changed it meanwhile.
-        ops = [{"op": "test", "path": path, "value": expected}, {"op": "replace", "path": path, "value": uri}]
+    def _patch(self, ops: list[dict]) -> dict:
         return self.api.patch_namespaced_custom_object(
             GROUP, API_VERSION, self.namespace, PLURAL, self.name, ops, _content_type="application/json-patch+json",
             _request_timeout=self.request_timeout,
         )
 
-    def rollout(self, uri: str, timeout: float, poll_interval: float) -> str | None:
-        """Serve `uri`; returns the previous URI. On failure restores it and raises DeployFailed."""
+    def set_uri(self, path: str, expected: str | None, uri: str | None, env: list | None = None) -> dict:
+        """JSON patch guarded by a `test`: only this field (and the model's env: its hash) changes, and only if
+        nobody changed it meanwhile (else 422). `expected`/`uri` None: the field is absent before/after."""
+        parent = path.rsplit("/", 1)[0]
+        if expected is None:  # `test` cannot name an absent field: test the object that would hold it
+            ops = [{"op": "test", "path": parent, "value": _at(self.get() or {}, parent)}]
+        else:
+            ops = [{"op": "test", "path": path, "value": expected}]
+        ops.append({"op": "add", "path": path, "value": uri} if uri is not None else {"op": "remove", "path": path})
+        if parent == "/spec/predictor/model" and env is not None:
+            ops.append({"op": "add", "path": f"{parent}/env", "value": env})
+        return self._patch(ops)
+
+    def rollout(self, uri: str, version: str, sha256: str | None, timeout: float, poll_interval: float) -> str | None:
+        """Serve `uri`; returns the previous URI. On any failure restores it and raises DeployFailed."""
         current = self.get()
         if current is None:
             logger.info("creating InferenceService %s/%s with %s", self.namespace, self.name, uri)
-            body = inference_service_body(self.name, self.namespace, uri)
+            body = inference_service_body(self.name, self.namespace, uri, self.image, sha256)
             current = self.api.create_namespaced_custom_object(
                 GROUP, API_VERSION, self.namespace, PLURAL, body, _request_timeout=self.request_timeout
             )
-            path, previous = find_storage_uri(current)[0], None
+            path, previous, created = find_storage_uri(current)[0], None, True
         else:
-            path, previous = find_storage_uri(current)
+            (path, previous), created = find_storage_uri(current), False
+            previous_env = (current["spec"]["predictor"].get("model") or {}).get("env", [])
             if previous != uri:
                 logger.info("patching InferenceService %s/%s: %s -> %s", self.namespace, self.name, previous, uri)
-                current = self.set_uri(path, previous, uri)
-        failure = self.wait_ready(uri, current["metadata"].get("generation", 0), timeout, poll_interval)
+                current = self.set_uri(path, previous, uri, _model_env(sha256).get("env", []))
+        try:
+            failure = self.wait_ready(uri, version, current["metadata"].get("generation", 0), timeout, poll_interval)
+        except Exception as exc:  # an API or network error while waiting: the outcome is unknown, so undo
+            failure = f"{type(exc).__name__} while waiting: {exc}"
         if failure is None:
             return previous
-        if previous is not None:
-            restored = self.restore(path, uri, previous)
-        else:
+        if created:
             restored = "it was created by this deploy, so there is no previous model to restore"
+        elif previous == uri:
+            restored = "it already pointed there before this deploy, so nothing to restore"
+        else:
+            restored = self.restore(path, uri, previous, previous_env)
         raise DeployFailed(
-            f"InferenceService {self.namespace}/{self.name} did not become Ready with {uri}: {failure}; "
+            f"InferenceService {self.namespace}/{self.name} did not serve {uri}: {failure}; "
             f"{restored}; model registry unchanged"
         )
 
-    def restore(self, path: str, uri: str, previous: str) -> str:
-        """Put `previous` back unless someone else has changed the URI meanwhile; says what happened."""
+    def restore(self, path: str, uri: str, previous: str | None, env: list | None) -> str:
+        """Put `previous` (and its env) back unless someone else has changed the URI meanwhile; says what happened."""
         from kubernetes.client.exceptions import ApiException
 
         try:
-            self.set_uri(path, uri, previous)
+            self.set_uri(path, uri, previous, env)
         except ApiException as exc:
             if exc.status != 422:  # 422: the `test` op failed, the URI is no longer ours to restore
-                raise
+                return f"could not restore the previous storageUri ({exc.status} {exc.reason})"
             return "did not restore the previous storageUri: it was changed by someone else"
-        return f"restored storageUri {previous}"
+        except Exception as exc:  # the API is unreachable: say so, the registry still names the old version
+            return f"could not restore the previous storageUri ({type(exc).__name__})"
+        return f"restored storageUri {previous}" if previous else "removed the new storageUri again"
 
-    def wait_ready(self, uri: str, generation: int, timeout: float, poll_interval: float) -> str | None:
-        """None once Ready at `generation` or later with `uri`, else why not (failure or timeout)."""
+    def wait_ready(self, uri: str, version: str, generation: int, timeout: float, poll_interval: float) -> str | None:
+        """None once the new model serves: the InferenceService Ready at `generation` with `uri`, the predictor
+        Deployment fully rolled out (Ready alone stays True while the old pod serves), and the model server
+        answering with `version`. Else why not (failure or timeout)."""
         deadline = self.clock() + timeout
         last = "no status yet"
         while True:
@@ -258,15 +304,47 @@ class InferenceService:
             if isvc["metadata"].get("generation", 0) >= generation and find_storage_uri(isvc)[1] != uri:
                 return f"its storageUri was changed to {find_storage_uri(isvc)[1]} by someone else"
             ready, failure = readiness(isvc)
-            if ready:
-                logger.info("InferenceService %s/%s is Ready with %s", self.namespace, self.name, uri)
-                return None
             if failure:
                 return failure
-            last = _ready_message(isvc) or last
+            if ready:
+                waiting = self.predictor_rollout() or (self.serving_check and self.serving_check(version))
+                if not waiting:
+                    logger.info("InferenceService %s/%s serves %s", self.namespace, self.name, uri)
+                    return None
+                last = waiting
+            else:
+                last = _ready_message(isvc) or last
             if self.clock() >= deadline:
-                return f"timed out after {timeout:g}s (last Ready condition: {last})"
+                return f"timed out after {timeout:g}s (last: {last})"
             time.sleep(poll_interval)
+
+    def predictor_rollout(self) -> str | None:
+        """None when the predictor Deployment has rolled out completely (as `kubectl rollout status`), else why not."""
+        if self.apps is None:
+            return None
+        from kubernetes.client.exceptions import ApiException
+
+        try:
+            d = self.apps.read_namespaced_deployment(f"{self.name}-predictor", self.namespace,
+                                                     _request_timeout=self.request_timeout)
+        except ApiException as exc:
+            if exc.status == 404:
+                return "the predictor Deployment does not exist yet"
+            raise
+        want, status = d.spec.replicas or 0, d.status
+        if (status.observed_generation or 0) < d.metadata.generation:
+            return "the predictor Deployment's new spec is not observed yet"
+        if (status.updated_replicas or 0) < want or (status.replicas or 0) > (status.updated_replicas or 0):
+            return f"the predictor rollout has {status.updated_replicas or 0} of {want} new pods, {status.replicas} in all"
+        if (status.available_replicas or 0) < want:
+            return f"{status.available_replicas or 0} of {want} new predictor pods are available"
+        return None
+
+
+def _at(document: dict, pointer: str) -> Any:
+    for key in pointer.strip("/").split("/"):
+        document = document[int(key)] if isinstance(document, list) else document[key]
+    return document
 
 
 def _ready_message(isvc: dict) -> str | None:
@@ -276,12 +354,28 @@ def _ready_message(isvc: dict) -> str | None:
     return None
 
 
-def _custom_objects_api():
-    """CustomObjectsApi from the pod's service account, or the local kubeconfig outside a cluster."""
-    from kubernetes import client, config
+def _load_config(kubeconfig: str | None = None) -> None:
+    """The pod's service account in a cluster; the kubeconfig (KUBECONFIG, or `kubeconfig`) outside."""
+    from kubernetes import config
 
-    try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+    if kubeconfig is None:
+        try:
+            config.load_incluster_config()
+            return
+        except config.ConfigException:
+            pass
+    config.load_kube_config(config_file=kubeconfig)
+
+
+def custom_objects_api(kubeconfig: str | None = None):
+    from kubernetes import client
+
+    _load_config(kubeconfig)
     return client.CustomObjectsApi()
+
+
+def apps_api(kubeconfig: str | None = None):
+    from kubernetes import client
+
+    _load_config(kubeconfig)
+    return client.AppsV1Api()

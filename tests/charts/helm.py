@@ -25,6 +25,11 @@ RELEASE = "titanic"
 SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 
 
+def image_tag() -> str:
+    """The project images' tag as the Makefile computes it (the commit, + a hash of uncommitted changes)."""
+    return subprocess.run([str(REPO / "hack" / "image-tag.sh")], capture_output=True, text=True, check=True).stdout.strip()
+
+
 def versions() -> dict[str, str]:
     """versions.env as a dict: the one place every version is pinned."""
     pins = {}
@@ -144,6 +149,7 @@ def kube_score(manifest: Path, *extra_ignores: str) -> subprocess.CompletedProce
 def pod_specs(objects: list[dict]) -> list[tuple[str, dict]]:
     """(name, pod spec) of every pod the rendered objects create, KServe components included."""
     specs = []
+    runtimes = {o["metadata"]["name"]: o["spec"] for o in objects if o["kind"] == "ServingRuntime"}
     for o in objects:
         kind, name = o["kind"], o["metadata"]["name"]
         if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
@@ -153,8 +159,20 @@ def pod_specs(objects: list[dict]) -> list[tuple[str, dict]]:
         elif kind == "InferenceService":
             for component in ("predictor", "transformer"):
                 if component in o["spec"]:
-                    specs.append((f"InferenceService/{name}/{component}", o["spec"][component]))
+                    specs.append((f"InferenceService/{name}/{component}", _kserve_pod(o["spec"][component], runtimes)))
     return specs
+
+
+def _kserve_pod(component: dict, runtimes: dict) -> dict:
+    """A component's pod as KServe builds it: a `model` runs its ServingRuntime's container, with the model's
+    own container fields (resources, env) merged over it."""
+    if "model" not in component:
+        return component
+    spec = {k: v for k, v in component.items() if k != "model"}
+    model = component["model"]
+    (container,) = runtimes[model["runtime"]]["containers"]
+    spec["containers"] = [{**container, **{k: model[k] for k in ("resources", "env") if k in model}}]
+    return spec
 
 
 def one(objects: list[dict], kind: str, name: str) -> dict:

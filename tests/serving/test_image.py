@@ -6,7 +6,8 @@ import json
 import subprocess
 import sys
 
-from tests.images.test_dockerfiles import COMPILERS, PINS, ROOT, arg_defaults, copied_sources, ignored, instructions, stages
+from tests.images.test_dockerfiles import (COMPILERS, PINS, ROOT, arg_defaults, copied_sources, ignored, image_tag,
+                                         instructions, stages)
 
 DOCKERFILE = ROOT / "images" / "model-server" / "Dockerfile"
 
@@ -39,7 +40,7 @@ def test_build_context_holds_the_package_and_nothing_heavy():
 def test_make_target_builds_the_contract_image_name():
     dry_run = subprocess.run(["make", "-n", "model-server-image"], cwd=ROOT, capture_output=True, text=True,
                              check=True, timeout=60).stdout
-    assert f"-f images/model-server/Dockerfile -t titanic-model-server:{PINS['IMG_TAG']}" in dry_run
+    assert f"-f images/model-server/Dockerfile -t titanic-model-server:{image_tag()}" in dry_run
     assert f"--build-arg PYTHON_BASE_IMAGE={PINS['PYTHON_BASE_IMAGE']}" in dry_run
 
 

@@ -10,7 +10,7 @@ import shlex
 import subprocess
 
 from tests.images.test_dockerfiles import (
-    COMPILERS, PINS, ROOT, arg_defaults, copied_sources, ignored, instructions, stages,
+    COMPILERS, PINS, ROOT, arg_defaults, copied_sources, ignored, image_tag, instructions, stages,
 )
 
 DOCKERFILE = ROOT / "images" / "webapp" / "Dockerfile"
@@ -56,5 +56,5 @@ def test_make_target_passes_the_pins():
     dry_run = subprocess.run(["make", "-n", "webapp-image"], cwd=ROOT, capture_output=True, text=True,
                              check=True, timeout=60).stdout
     args = shlex.split(dry_run.replace("\\\n", " "))
-    assert f"titanic-webapp:{PINS['IMG_TAG']}" in args
+    assert f"titanic-webapp:{image_tag()}" in args
     assert f"PYTHON_BASE_IMAGE={PINS['PYTHON_BASE_IMAGE']}" in args and f"NODE_IMAGE={PINS['NODE_IMAGE']}" in args

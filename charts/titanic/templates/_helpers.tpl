@@ -69,23 +69,25 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "http://%s-transformer.%s.svc.cluster.local" .Values.inferenceService.name .Release.Namespace }}
 {{- end }}
 
-{{/* titanic.storageUri: model folder served by the InferenceService; an explicit modelVersion wins, then the live value (set by the deploy step), then the bootstrap placeholder. */}}
-{{- define "titanic.storageUri" -}}
-{{- $prefix := printf "s3://%s/%s" .Values.config.buckets.models .Values.inferenceService.name }}
-{{- if .Values.inferenceService.modelVersion }}
-{{- printf "%s/%s" $prefix .Values.inferenceService.modelVersion }}
-{{- else }}
-{{- $live := "" }}
-{{- $isvc := lookup "serving.kserve.io/v1beta1" "InferenceService" .Release.Namespace .Values.inferenceService.name }}
-{{- if $isvc }}
-{{- range (dig "spec" "predictor" "containers" list $isvc) }}
-{{- range (default list .env) }}
-{{- if eq .name "STORAGE_URI" }}{{ $live = .value }}{{ end }}
+{{/* titanic.runtimeName / titanic.modelFormat: the predictor's ServingRuntime and the model format it serves. */}}
+{{- define "titanic.runtimeName" -}}
+{{- printf "%s-model-server" .Values.inferenceService.name }}
 {{- end }}
+{{- define "titanic.modelFormat" -}}
+{{- printf "%s-onnx-sklearn" .Values.inferenceService.name }}
 {{- end }}
-{{- end }}
-{{- default (printf "%s/%s" $prefix .Values.inferenceService.bootstrapVersion) $live }}
-{{- end }}
+
+{{/* titanic.modelServerProbes: readiness (the model is loaded) and liveness of a model-server container. */}}
+{{- define "titanic.modelServerProbes" -}}
+readinessProbe:
+  httpGet: {path: {{ printf "/v1/models/%s" .Values.inferenceService.name | quote }}, port: http1}
+  periodSeconds: 5
+  failureThreshold: 3
+livenessProbe:
+  httpGet: {path: /v2/health/live, port: http1}
+  periodSeconds: 20
+  timeoutSeconds: 3
+  failureThreshold: 3
 {{- end }}
 
 {{/* titanic.credential: a generated credential kept across upgrades - the explicit value, else the value in the live Secret, else a new random one. Call with (dict "root" . "key" "S3_SECRET_KEY" "value" .Values.credentials.s3SecretKey "length" 40). */}}
