@@ -195,7 +195,6 @@ images: ## Build the project images (pipeline, model server, web app, Airflow) t
 	$(MAKE) --no-print-directory airflow-image
 
 LOAD_IMAGES ?= $(PROJECT_IMAGES)## images `make load` copies into the kind node
-THIRD_PARTY_IMAGES = $(shell grep -v '^\#' charts/values/images.txt)
 # docker save IMAGE FILE: --platform (one platform of a multi-platform store) needs daemon API >= 1.48; older
 # daemons (Debian's 20.10 is 1.41) refuse the flag and have single-platform stores anyway.
 docker-save = if [ "$$(printf '%s\n1.48\n' "$$($(DOCKER) version -f '{{.Server.APIVersion}}')" | sort -V | head -n1)" = 1.48 ]; \
@@ -210,13 +209,25 @@ load: kind ## Copy the project images into the kind node (docker save | kind loa
 	  rm -f $(CLUSTER_BUILD)/$$img.tar; done
 
 # Pulled once on the laptop (its Docker login and cache) instead of ~20 anonymous pulls from the node, which
-# Docker Hub limits per IP; the list is what the pinned charts and values reference (a test keeps it in step).
+# Docker Hub limits per IP.
 .PHONY: load-third-party
-load-third-party: kind ## Pull the upstream images of cluster-up (charts/values/images.txt) and load them into the kind node.
-	@mkdir -p $(CLUSTER_BUILD)
-	for img in $(THIRD_PARTY_IMAGES); do \
-	  $(DOCKER) image inspect $$img >/dev/null 2>&1 || $(DOCKER) pull -q $$img; done
-	$(KIND) load docker-image --name $(KIND_CLUSTER) $(THIRD_PARTY_IMAGES)
+load-third-party: kind helm ## Pull the upstream images of cluster-up (see third-party-images) and load them into the kind node.
+	images=$$($(list-third-party-images)); \
+	for img in $$images; do $(DOCKER) image inspect $$img >/dev/null 2>&1 || $(DOCKER) pull -q $$img; done; \
+	$(KIND) load docker-image --name $(KIND_CLUSTER) $$images
+
+# The charts whose images third-party-images lists: all upstream charts but Airflow's (it runs titanic-airflow),
+# or, with CHARTS_DIR, those found there.
+IMAGE_CHARTS = $(filter-out airflow,$(if $(CHARTS_DIR),$(filter $(UPSTREAM_CHARTS),$(notdir $(patsubst %/Chart.yaml,%,$(wildcard $(CHARTS_DIR)/*/Chart.yaml)))),$(UPSTREAM_CHARTS)))
+
+list-third-party-images = { { $(foreach c,$(IMAGE_CHARTS),$(HELM) template $(c) $(call upstream,$(c)) \
+  --kube-version $(KUBE_VERSION) $(addprefix -f ,$(wildcard $(VALUES)/$(c).yaml)) &&) true; } \
+  | sed -nE 's/^[[:space:]]*(- )?image: *"?([^" ]+)"?[[:space:]]*$$/\2/p; s/.*--prometheus-config-reloader=([^" ]+).*/\1/p'; \
+  echo $(POSTGRES_IMAGE); } | sort -u
+
+.PHONY: third-party-images
+third-party-images: helm ## Print the upstream images of cluster-up: the pinned charts rendered with our values.
+	@$(list-third-party-images)
 
 .PHONY: deploy
 deploy: helm $(CLUSTER_BUILD)/credentials.yaml ## Install or upgrade the project chart (release titanic in mlops); keeps the served model version.

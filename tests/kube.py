@@ -257,8 +257,8 @@ def up(root: Path) -> Cluster:
             # every pod NotReady (Deployments lose availability, helm --wait times out).
             "--node-lease-duration-seconds=40",
             f"--server-address=127.0.0.1:{free_port()}"])
-        cluster.kubectl("apply", "-f", "-", input=json.dumps({"apiVersion": "v1", "kind": "List",
-                                                               "items": [fake_node(), *kind_storage()]}))
+        cluster.kubectl("apply", "-f", "-", input=json.dumps(fake_node()))
+        cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in kind_storage()))
         _wait("kwok node", kwok, lambda: cluster.kubectl(
             "get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}").stdout == "True",
               root / "kwok.log")

@@ -157,7 +157,7 @@ def inference_service_body(name: str, namespace: str, uri: str, image: str, sha2
             "name": name,
             "namespace": namespace,
             "labels": {"app.kubernetes.io/name": "titanic", "app.kubernetes.io/component": "model-server",
-                       "app.kubernetes.io/part-of": "titanic-mlops"},
+                       "app.kubernetes.io/part-of": "titanic-mlops", "networking.kserve.io/visibility": "cluster-local"},
             "annotations": {"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "none"},
         },
         "spec": {"predictor": {"minReplicas": 1, "maxReplicas": 1, **pod, "model": model},

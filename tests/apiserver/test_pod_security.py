@@ -9,7 +9,6 @@ import os
 import subprocess
 
 import pytest
-import yaml
 
 from tests.charts import helm as chart_helm
 from tests.conftest import REPO
@@ -63,15 +62,12 @@ def test_the_charts_hook_jobs_and_test_pod_are_admitted(kube, platform):
         assert_admitted(admit(kube, {"spec": template["spec"]}), what)
 
 
-def _isvc_pod(isvc: dict, component: str, storage: dict) -> dict:
-    """The pod KServe (Standard mode) makes of one component: the component's pod fields, and for the predictor
-    the storage initializer of the ClusterStorageContainer `default`, injected as KServe's pod mutator does."""
-    spec = {k: v for k, v in isvc["spec"][component].items()
-            if k not in ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "model", "logger", "batcher")}
-    if "model" in isvc["spec"][component]:  # a ServingRuntime's model: the runtime's container, merged
-        spec["containers"] = [isvc["spec"][component]["model"] | {"name": "kserve-container"}]
-        for key in ("modelFormat", "runtime", "storageUri", "protocolVersion"):
-            spec["containers"][0].pop(key, None)
+def _isvc_pod(isvc: dict, component: str, storage: dict, runtimes: dict) -> dict:
+    """The pod KServe (Standard mode) makes of one component: the component's pod fields (a model runs its
+    ServingRuntime's container), and for the predictor the storage initializer of the ClusterStorageContainer
+    `default`, injected as KServe's pod mutator does."""
+    spec = {k: v for k, v in chart_helm._kserve_pod(isvc["spec"][component], runtimes).items()
+            if k not in ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "logger", "batcher")}
     if component == "predictor":
         init = {**storage["spec"]["container"], "args": ["s3://models/titanic/v1", "/mnt/models"],
                 "volumeMounts": [{"name": "kserve-provision-location", "mountPath": "/mnt/models"}]}
@@ -83,8 +79,10 @@ def _isvc_pod(isvc: dict, component: str, storage: dict) -> dict:
 def test_kserve_predictor_and_transformer_pods_are_admitted(kube, platform):
     isvc = json.loads(kube.kubectl("-n", NAMESPACE, "get", "inferenceservice", "titanic", "-o", "json").stdout)
     storage = json.loads(kube.kubectl("get", "clusterstoragecontainer", "default", "-o", "json").stdout)
+    runtimes = {r["metadata"]["name"]: r["spec"] for r in
+                json.loads(kube.kubectl("-n", NAMESPACE, "get", "servingruntimes", "-o", "json").stdout)["items"]}
     for component in ("predictor", "transformer"):
-        pod = _isvc_pod(isvc, component, storage)
+        pod = _isvc_pod(isvc, component, storage, runtimes)
         if component == "predictor":
             # The storage initializer is KServe's container: it must be admitted too, or no model ever loads.
             assert pod["spec"]["initContainers"][0]["name"] == "storage-initializer"

@@ -238,3 +238,25 @@ def test_memory_budget():
     step_pod = helm.memory_bytes(yaml.safe_load((helm.CHART / "values.yaml").read_text())["jobs"]["resources"]["requests"]["memory"])
     total = upstream + chart + step_pod + KIND_SYSTEM_REQUESTS
     assert total <= 6 * GiB, f"{total / GiB:.2f} GiB"
+
+
+def test_third_party_images_are_what_the_pinned_charts_render(tmp_path):
+    """`make load-third-party` pulls on the laptop what the charts would make the node pull from Docker Hub & co.
+
+    The list comes from rendering the pinned charts with our values (`make third-party-images`); here from
+    ../shared/charts, without kube-prometheus-stack, whose offline copy lacks its subcharts (helm cannot render it).
+    """
+    charts = helm.SHARED / "charts"
+    if not charts.is_dir():
+        pytest.skip(f"{charts} is missing (the upstream charts at their pinned versions)")
+    for chart in charts.iterdir():
+        if chart.name != "kube-prometheus-stack" and (chart / "Chart.yaml").exists():
+            (tmp_path / chart.name).symlink_to(chart)
+    out = subprocess.run(["make", "-s", "--no-print-directory", "third-party-images", f"CHARTS_DIR={tmp_path}"],
+                         cwd=helm.REPO, capture_output=True, text=True, check=True, timeout=300).stdout.split()
+    names = {image.rsplit(":", 1)[0] for image in out}
+    assert {"docker.io/traefik", "docker.io/chrislusf/seaweedfs", "docker.io/valkey/valkey", "kserve/kserve-controller",
+            "kserve/storage-initializer", "quay.io/jetstack/cert-manager-controller",
+            "ghcr.io/cloudnative-pg/cloudnative-pg", "ghcr.io/cloudnative-pg/postgresql"} <= names
+    for image in out:
+        assert re.search(r"(:[\w.-]+|@sha256:[0-9a-f]{64})$", image) and not image.endswith(":latest"), image

@@ -15,19 +15,17 @@ PASSENGER = {"Name": "Cumings, Mrs. John Bradley", "Sex": "female", "Age": 38, "
 
 
 def predict_through_ingress() -> dict:
-    """POST the V1 request to KServe through Traefik (the InferenceService's own Ingress host)."""
+    """POST to the web app's JSON API through Traefik (the model server is cluster-local: no Ingress of its own)."""
     body = json.dumps({"instances": [PASSENGER]}).encode()
-    request = urllib.request.Request(
-        "http://127.0.0.1/v1/models/titanic:predict", data=body,
-        headers={"Content-Type": "application/json", "Host": "titanic-mlops.localhost"})
+    request = urllib.request.Request(INGRESS_URL + "/api/predict", data=body,
+                                     headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.load(response)
 
 
 def served_version() -> str:
     isvc = json.loads(kubectl("-n", "mlops", "get", "inferenceservice", "titanic", "-o", "json"))
-    env = isvc["spec"]["predictor"]["containers"][0]["env"]
-    return [e["value"] for e in env if e["name"] == "STORAGE_URI"][0].rsplit("/", 1)[1]
+    return isvc["spec"]["predictor"]["model"]["storageUri"].rsplit("/", 1)[1]
 
 
 def test_web_ui_answers_through_the_ingress():

@@ -46,15 +46,18 @@ def arg_defaults(steps) -> dict[str, str]:
     return dict(args.split("=", 1) for op, args in steps if op == "ARG" and "=" in args)
 
 
-def ignored(dockerfile: Path, path: str) -> bool:
-    """Whether the Dockerfile's own .dockerignore (BuildKit: <Dockerfile>.dockerignore) drops `path`."""
+def ignored(dockerfile: Path, path: str, ignore_file: Path | None = None) -> bool:
+    """Whether the Dockerfile's own .dockerignore (BuildKit: <Dockerfile>.dockerignore), or `ignore_file`,
+    drops `path`."""
     result = False
-    for pattern in dockerfile.with_name(dockerfile.name + ".dockerignore").read_text().splitlines():
+    ignore_file = ignore_file or dockerfile.with_name(dockerfile.name + ".dockerignore")
+    for pattern in ignore_file.read_text().splitlines():
         pattern = pattern.strip()
         if not pattern or pattern.startswith("#"):
             continue
         negate, pattern = pattern.startswith("!"), pattern.lstrip("!").rstrip("/")
-        if fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/"):
+        if fnmatch.fnmatch(path, pattern) or path.startswith(pattern + "/") or (
+                pattern.startswith("**/") and any(fnmatch.fnmatch(part, pattern[3:]) for part in path.split("/"))):
             result = not negate
     return result
 
@@ -160,3 +163,16 @@ def test_image_tag_changes_with_every_change_of_content(tmp_path):
     (tmp_path / "new.py").unlink()
     (tmp_path / "app.py").write_text("a = 1\n")
     assert tag() == clean
+
+
+def test_root_dockerignore_keeps_the_classic_builder_context_small_and_complete():
+    """Docker's classic builder reads only the root .dockerignore: it must drop the heavy folders (1.4 GB of
+    .venv was sent before it existed) and keep everything any Dockerfile copies."""
+    root_ignore = ROOT / ".dockerignore"
+    for heavy in (".venv", ".venv-airflow", ".git", "bin", "build", "webapp/node_modules", "pipeline/__pycache__"):
+        assert ignored(PIPELINE, heavy, root_ignore), heavy
+    dockerfiles = sorted((ROOT / "images").glob("*/Dockerfile"))
+    assert len(dockerfiles) == 4
+    for dockerfile in dockerfiles:
+        for source in copied_sources(instructions(dockerfile)):
+            assert not ignored(dockerfile, source.rstrip("/"), root_ignore), (dockerfile.parent.name, source)

@@ -40,6 +40,8 @@ def test_final_stage_runs_gunicorn_as_uid_1000_with_multiprocess_metrics():
     assert command == ["gunicorn", "-c", "python:webapp.gunicorn_conf", "webapp:create_app()"]
     env = " ".join(args for op, args in final if op == "ENV")
     assert "PROMETHEUS_MULTIPROC_DIR=/tmp/prometheus" in env  # /tmp is the chart's writable emptyDir
+    # The user has no home directory; gunicorn's control server puts its socket under HOME (read-only root fs).
+    assert "HOME=/tmp" in env
     assert ("EXPOSE", "8000") in final
 
 
