@@ -119,6 +119,8 @@ kserve: ## Install the KServe CRDs and controller in Standard (raw Deployment) m
 
 # Generated once, kept in the cluster (the Secrets below are the source of truth), reused on every re-run: Postgres roles, S3 keys, Airflow secrets, the
 # Alertmanager webhook token. The project chart gets the same values through $(CLUSTER_BUILD)/credentials.yaml.
+# S3 has two SeaweedFS identities: read-write (step pods, hook Jobs) and read-only (web app, transformer, KServe's
+# storage initializer). MinIO (OBJECT_STORE=minio) runs with its root identity only: there both pairs are the same.
 .PHONY: credentials
 credentials: ## Generate the platform's credentials as Secrets (only those missing) and the chart's credentials values.
 	@mkdir -p $(CLUSTER_BUILD) && chmod 700 $(CLUSTER_BUILD)
@@ -126,6 +128,8 @@ credentials: ## Generate the platform's credentials as Secrets (only those missi
 	pga=$(call secret-get,data,pg-airflow,password); pga=$${pga:-$(call random,24)}; \
 	ak=$(call secret-get,data,minio-root,MINIO_ROOT_USER); ak=$${ak:-$(call random,10)}; \
 	sk=$(call secret-get,data,minio-root,MINIO_ROOT_PASSWORD); sk=$${sk:-$(call random,20)}; \
+	rk=$(call secret-get,data,s3-reader,accessKey); rk=$${rk:-$(call random,10)}; \
+	rs=$(call secret-get,data,s3-reader,secretKey); rs=$${rs:-$(call random,20)}; \
 	ap=$(call secret-get,airflow,airflow-admin,password); ap=$${ap:-$(call random,16)}; \
 	tok=$(call secret-get,monitoring,titanic-alertmanager-token,token); tok=$${tok:-$(call random,24)}; \
 	fernet=$(call secret-get,airflow,airflow-fernet,fernet-key); fernet=$${fernet:-$$(openssl rand -base64 32 | tr '+/' '-_')}; \
@@ -133,7 +137,9 @@ credentials: ## Generate the platform's credentials as Secrets (only those missi
 	jwt=$(call secret-get,airflow,airflow-jwt,jwt-secret); jwt=$${jwt:-$(call random,32)}; \
 	$(call apply-secret,data,pg-titanic,--type=kubernetes.io/basic-auth --from-literal=username=titanic --from-literal=password=$$pg); \
 	$(call apply-secret,data,pg-airflow,--type=kubernetes.io/basic-auth --from-literal=username=airflow --from-literal=password=$$pga); \
-	s3conf='{"identities":[{"name":"titanic","credentials":[{"accessKey":"'"$$ak"'","secretKey":"'"$$sk"'"}],"actions":["Admin","Read","Write","List","Tagging"]}]}'; \
+	$(call apply-secret,data,s3-reader,--from-literal=accessKey=$$rk --from-literal=secretKey=$$rs); \
+	s3conf='{"identities":[{"name":"titanic","credentials":[{"accessKey":"'"$$ak"'","secretKey":"'"$$sk"'"}],"actions":["Admin","Read","Write","List","Tagging"]},'; \
+	s3conf="$$s3conf"'{"name":"titanic-reader","credentials":[{"accessKey":"'"$$rk"'","secretKey":"'"$$rs"'"}],"actions":["Read","List"]}]}'; \
 	$(call apply-secret,data,seaweedfs-s3-config,--from-literal=seaweedfs_s3_config="$$s3conf"); \
 	$(call apply-secret,data,minio-root,--from-literal=MINIO_ROOT_USER=$$ak --from-literal=MINIO_ROOT_PASSWORD=$$sk); \
 	$(call apply-secret,airflow,airflow-metadata,--from-literal=connection=postgresql://airflow:$$pga@pg-rw.data.svc.cluster.local:5432/airflow); \
@@ -142,8 +148,9 @@ credentials: ## Generate the platform's credentials as Secrets (only those missi
 	$(call apply-secret,airflow,airflow-jwt,--from-literal=jwt-secret=$$jwt); \
 	$(call apply-secret,airflow,airflow-admin,--from-literal=username=admin --from-literal=password=$$ap); \
 	$(call apply-secret,monitoring,titanic-alertmanager-token,--from-literal=token=$$tok); \
-	umask 077; printf 'credentials:\n  databasePassword: "%s"\n  s3AccessKey: "%s"\n  s3SecretKey: "%s"\n  airflowPassword: "%s"\n  alertmanagerToken: "%s"\n' \
-	  "$$pg" "$$ak" "$$sk" "$$ap" "$$tok" > $(CLUSTER_BUILD)/credentials.yaml; \
+	$(if $(filter minio,$(OBJECT_STORE)),rk=$$ak; rs=$$sk;) \
+	umask 077; printf 'credentials:\n  databasePassword: "%s"\n  s3AccessKey: "%s"\n  s3SecretKey: "%s"\n  s3ReadAccessKey: "%s"\n  s3ReadSecretKey: "%s"\n  airflowPassword: "%s"\n  alertmanagerToken: "%s"\n' \
+	  "$$pg" "$$ak" "$$sk" "$$rk" "$$rs" "$$ap" "$$tok" > $(CLUSTER_BUILD)/credentials.yaml; \
 	echo "credentials ready (Secrets in data, airflow, monitoring; chart values in $(CLUSTER_BUILD)/credentials.yaml)"
 
 .PHONY: postgres

@@ -140,7 +140,7 @@ def inference_service_body(name: str, namespace: str, uri: str, image: str, sha2
         "args": ["transformer", "--model_name", name],
         "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
         # The transformer reads drift references (S3) and stored features (Redis) with the step pods' settings.
-        "envFrom": [{"configMapRef": {"name": "titanic-config"}}, {"secretRef": {"name": "titanic-secrets"}}],
+        "envFrom": [{"configMapRef": {"name": "titanic-config"}}, {"secretRef": {"name": "titanic-secrets-read"}}],
         "env": [{"name": "MODEL_NAME", "value": name}, {"name": "LOG_LEVEL", "value": log_level}],
         "readinessProbe": {"httpGet": {"path": f"/v1/models/{name}", "port": "http1"},
                            "periodSeconds": 5, "failureThreshold": 3},

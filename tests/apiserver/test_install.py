@@ -113,3 +113,16 @@ def test_credentials_stop_with_kubectls_error_when_the_api_is_unreachable(kube, 
     assert result.returncode != 0
     assert "connection refused" in result.stderr or "127.0.0.1:1" in result.stderr, result.stderr
     assert not (tmp_path / "build" / "credentials.yaml").exists()
+
+
+def test_s3_identities_separate_reading_from_writing(kube, platform):
+    """SeaweedFS gets a read-write and a read-only identity; the chart's read-only Secret holds the latter."""
+    config = json.loads(_secret(kube, "data", "seaweedfs-s3-config", "seaweedfs_s3_config"))
+    identities = {i["name"]: i for i in config["identities"]}
+    assert set(identities) == {"titanic", "titanic-reader"}
+    assert "Write" in identities["titanic"]["actions"]
+    assert sorted(identities["titanic-reader"]["actions"]) == ["List", "Read"]
+    reader = identities["titanic-reader"]["credentials"][0]
+    assert _secret(kube, "mlops", "titanic-secrets-read", "S3_ACCESS_KEY") == reader["accessKey"]
+    assert _secret(kube, "mlops", "titanic-secrets-read", "AWS_SECRET_ACCESS_KEY") == reader["secretKey"]
+    assert _secret(kube, "mlops", "titanic-secrets", "S3_ACCESS_KEY") == identities["titanic"]["credentials"][0]["accessKey"]

@@ -64,7 +64,7 @@ def test_inference_service_serving_contract(objects):
     # The transformer reads drift references (S3) and stored features (Redis) with the pipeline's settings.
     transformer = container(isvc["spec"]["transformer"], "kserve-container")
     assert transformer["envFrom"] == [{"configMapRef": {"name": "titanic-config"}},
-                                      {"secretRef": {"name": "titanic-secrets"}}]
+                                      {"secretRef": {"name": "titanic-secrets-read"}}]
 
 
 def test_model_version_value_pins_storage_uri():
@@ -90,7 +90,7 @@ def test_webapp_contract(objects):
     spec = helm.one(objects, "Deployment", "titanic-webapp")["spec"]["template"]["spec"]
     c = container(spec, "webapp")
     assert {"name": "KSERVE_URL", "value": "http://titanic-transformer.mlops.svc.cluster.local"} in c["env"]
-    assert c["envFrom"] == [{"configMapRef": {"name": "titanic-config"}}, {"secretRef": {"name": "titanic-secrets"}}]
+    assert c["envFrom"] == [{"configMapRef": {"name": "titanic-config"}}, {"secretRef": {"name": "titanic-secrets-read"}}]
     assert c["ports"][0]["containerPort"] == 8000
     assert c["livenessProbe"]["tcpSocket"]["port"] == "http"
     # Ready = serves pages; /readyz (KServe answers) would keep the first `helm --wait` from ever finishing.
@@ -130,9 +130,32 @@ def test_every_container_is_hardened_and_bounded(values):
             assert not c["image"].endswith(":latest"), where
 
 
-def _secret_values(objects) -> dict[str, str]:
-    data = helm.one(objects, "Secret", "titanic-secrets")["data"]
+def _secret_values(objects, name: str = "titanic-secrets") -> dict[str, str]:
+    data = helm.one(objects, "Secret", name)["data"]
     return {k: base64.b64decode(v).decode() for k, v in data.items()}
+
+
+def test_pods_that_only_read_s3_get_the_read_only_keys():
+    """Unpickling under a shared read-write key: the public web app, the transformer and KServe's storage
+    initializer get the read-only key pair; only step pods and hook Jobs can write models."""
+    objects = helm.render("--set", "credentials.s3ReadAccessKey=reader", "--set", "credentials.s3ReadSecretKey=rs",
+                          "--set", "credentials.s3AccessKey=writer", "--set", "credentials.s3SecretKey=ws")
+    read, write = _secret_values(objects, "titanic-secrets-read"), _secret_values(objects, "titanic-secrets")
+    assert (read["S3_ACCESS_KEY"], read["AWS_SECRET_ACCESS_KEY"]) == ("reader", "rs")
+    assert (write["S3_ACCESS_KEY"], write["S3_SECRET_KEY"]) == ("writer", "ws")
+    assert {k: v for k, v in read.items() if "S3" not in k and "AWS" not in k} == \
+           {k: v for k, v in write.items() if "S3" not in k and "AWS" not in k}
+    secret_of = {}
+    for where, spec in helm.pod_specs(objects):
+        for c in spec["containers"]:
+            secret_of[where] = {e["secretRef"]["name"] for e in c.get("envFrom", []) if "secretRef" in e}
+    assert secret_of["Deployment/titanic-webapp"] == {"titanic-secrets-read"}
+    assert secret_of["InferenceService/titanic/transformer"] == {"titanic-secrets-read"}
+    assert helm.one(objects, "ServiceAccount", "titanic-models")["secrets"] == [{"name": "titanic-secrets-read"}]
+    assert all(secret_of[w] == {"titanic-secrets"} for w in secret_of if w.startswith("Job/"))
+    # Without read-only keys both Secrets hold the read-write pair (a chart installed without make credentials).
+    plain = helm.render("--set", "credentials.s3AccessKey=writer", "--set", "credentials.s3SecretKey=ws")
+    assert _secret_values(plain, "titanic-secrets-read")["S3_ACCESS_KEY"] == "writer"
 
 
 def test_credentials_are_generated_not_literal():
@@ -157,7 +180,7 @@ def test_existing_secret_replaces_the_generated_one():
     assert not [o for o in objects if o["kind"] == "Secret"]
     webapp = helm.one(objects, "Deployment", "titanic-webapp")["spec"]["template"]["spec"]["containers"][0]
     assert {"secretRef": {"name": "my-creds"}} in webapp["envFrom"]
-    assert helm.one(objects, "ServiceAccount", "titanic-models")["secrets"] == [{"name": "my-creds"}]
+    assert helm.one(objects, "ServiceAccount", "titanic-models")["secrets"] == [{"name": "my-creds"}]  # no read-only one given
 
 
 def test_rbac_is_limited(objects):

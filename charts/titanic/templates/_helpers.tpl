@@ -59,6 +59,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-config" (include "titanic.fullname" .) }}
 {{- end }}
 
+{{/* titanic.readOnlySecretName: the credentials of the pods that only read S3 (web app, transformer, storage initializer). */}}
+{{- define "titanic.readOnlySecretName" -}}
+{{- if .Values.credentials.existingSecret }}
+{{- default .Values.credentials.existingSecret .Values.credentials.existingReadOnlySecret }}
+{{- else }}
+{{- printf "%s-secrets-read" (include "titanic.fullname" .) }}
+{{- end }}
+{{- end }}
+
 {{/* titanic.secretName: the credentials Secret loaded with envFrom (existingSecret when given). */}}
 {{- define "titanic.secretName" -}}
 {{- default (printf "%s-secrets" (include "titanic.fullname" .)) .Values.credentials.existingSecret }}
