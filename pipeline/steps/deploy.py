@@ -157,8 +157,11 @@ def inference_service_body(name: str, namespace: str, uri: str, image: str, sha2
             "name": name,
             "namespace": namespace,
             "labels": {"app.kubernetes.io/name": "titanic", "app.kubernetes.io/component": "model-server",
-                       "app.kubernetes.io/part-of": "titanic-mlops", "networking.kserve.io/visibility": "cluster-local"},
-            "annotations": {"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "none"},
+                       "app.kubernetes.io/part-of": "titanic-mlops", "networking.kserve.io/visibility": "cluster-local",
+                       # Helm's ownership marks: the next `make deploy` adopts it instead of refusing to.
+                       "app.kubernetes.io/managed-by": "Helm"},
+            "annotations": {"serving.kserve.io/deploymentMode": "Standard", "serving.kserve.io/autoscalerClass": "none",
+                            "meta.helm.sh/release-name": "titanic", "meta.helm.sh/release-namespace": namespace},
         },
         "spec": {"predictor": {"minReplicas": 1, "maxReplicas": 1, **pod, "model": model},
                  "transformer": {"minReplicas": 1, "maxReplicas": 1, **pod, "containers": [transformer]}},

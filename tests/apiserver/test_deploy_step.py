@@ -20,6 +20,7 @@ import pytest
 from pipeline import registry
 from pipeline.steps import deploy
 from pipeline.store import postgres
+from tests.apiserver.conftest import make
 from tests.conftest import REPO, settings_env
 
 NAMESPACE, NAME = "mlops", "titanic"
@@ -155,3 +156,16 @@ def test_pipeline_token_cannot_delete_or_replace_the_inference_service(kube, pip
     with pytest.raises(ApiException) as refused:
         api.delete_namespaced_custom_object(deploy.GROUP, deploy.API_VERSION, NAMESPACE, deploy.PLURAL, NAME)
     assert refused.value.status == 403
+
+
+def test_creates_the_inference_service_when_absent_and_helm_adopts_it(kube, pipeline_kubeconfig, model_server):
+    settings = model_server.settings.model_copy(update={"kserve_url": model_server.transformer_url})
+    kube.kubectl("-n", NAMESPACE, "delete", "inferenceservice", NAME, "--wait")
+    with KServeStandIn(kube):
+        result = run_deploy(settings, pipeline_kubeconfig, model_server.model_version)
+    assert result.returncode == 0, result.stderr
+    served = deploy.model_uri(settings, model_server.model_version)
+    assert model_spec(kube)["storageUri"] == served
+    # The chart's next upgrade takes it over (Helm's ownership marks) and keeps the served model.
+    make(kube, "deploy")
+    assert model_spec(kube)["storageUri"] == served

@@ -273,7 +273,7 @@ def test_body_matches_what_the_chart_renders():
     assert pointer == deploy.find_storage_uri(body)[0]  # the field the deploy step patches is the chart's
     del body["spec"]["predictor"]["model"]["storageUri"]
     assert body["spec"] == chart["spec"]
-    assert body["metadata"]["annotations"] == chart["metadata"]["annotations"]
+    assert chart["metadata"]["annotations"].items() <= body["metadata"]["annotations"].items()
     assert body["metadata"]["labels"].items() <= chart["metadata"]["labels"].items()
 
 
