@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 
@@ -260,3 +261,54 @@ def test_third_party_images_are_what_the_pinned_charts_render(tmp_path):
             "ghcr.io/cloudnative-pg/cloudnative-pg", "ghcr.io/cloudnative-pg/postgresql"} <= names
     for image in out:
         assert re.search(r"(:[\w.-]+|@sha256:[0-9a-f]{64})$", image) and not image.endswith(":latest"), image
+
+
+def test_traefik_replaces_its_pod_in_place_on_one_node():
+    """hostPort 80/443 on one node: a surge pod could never schedule beside the old one (any change would time out)."""
+    chart = helm.SHARED / "charts" / "traefik"
+    if not chart.is_dir():
+        pytest.skip(f"{chart} is missing (the upstream charts at their pinned versions)")
+    rendered = subprocess.run([str(helm.HELM), "template", "traefik", str(chart), "-n", "traefik", "--kube-version",
+                               PINS["KUBE_VERSION"], "-f", str(helm.UPSTREAM_VALUES / "traefik.yaml")],
+                              capture_output=True, text=True, check=True).stdout
+    (deployment,) = [o for o in yaml.safe_load_all(rendered) if o and o["kind"] == "Deployment"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"] == {"maxUnavailable": 1, "maxSurge": 0}
+    ports = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert {p.get("hostPort") for p in ports} >= {80, 443}
+
+
+def test_deploy_makes_the_credentials_it_reads_when_they_are_missing(tmp_path):
+    out = make("-n", "deploy", f"CLUSTER_BUILD={tmp_path}")
+    assert out.index("get secret pg-titanic") < out.index("upgrade --install")
+    assert "--atomic" in out  # a failed upgrade is rolled back, not left half-applied
+    (tmp_path / "credentials.yaml").write_text("credentials: {}\n")
+    assert "get secret pg-titanic" not in make("-n", "deploy", f"CLUSTER_BUILD={tmp_path}")
+
+
+def test_first_model_fails_fast_when_the_gate_rejects_the_first_model():
+    out = make("-n", "first-model")
+    assert "TRAIN_REQUIRE_DEPLOY=1" in out
+
+
+DOCKER_SHIM = """#!/usr/bin/env bash
+# Stand-in for the docker CLI (no Docker engine here): answers `version` like a daemon of API $API, logs the rest.
+if [ "$1" = version ]; then case "$3" in *APIVersion*) echo "$API";; *) echo amd64;; esac; exit 0; fi
+echo "$*" >> "$LOG"
+"""
+
+
+@pytest.mark.parametrize("api, platform_flag", [("1.41", False), ("1.48", True), ("1.51", True)])
+def test_load_saves_with_platform_only_where_the_daemon_supports_it(tmp_path, api, platform_flag):
+    docker, kind, log = tmp_path / "docker", tmp_path / "kind", tmp_path / "log"
+    docker.write_text(DOCKER_SHIM)
+    kind.write_text("#!/usr/bin/env bash\necho kind \"$*\" >> \"$LOG\"\n")
+    for shim in (docker, kind):
+        shim.chmod(0o755)
+    env = {**os.environ, "API": api, "LOG": str(log)}
+    subprocess.run(["make", "--no-print-directory", "-o", "kind", "load", f"DOCKER={docker}", f"KIND={kind}", "LOAD_IMAGES=titanic-webapp",
+                    f"CLUSTER_BUILD={tmp_path}", "IMG_TAG=t1"], cwd=helm.REPO, env=env, check=True, capture_output=True)
+    calls = log.read_text().splitlines()
+    save = [c for c in calls if c.startswith("save")]
+    assert save and ("--platform linux/amd64" in save[0]) == platform_flag
+    assert save[0].endswith("titanic-webapp:t1")
+    assert any(c.startswith("kind load image-archive") for c in calls)
