@@ -43,6 +43,7 @@ class Cluster:
 
     root: str
     apiserver_port: int = 0
+    address: str = "127.0.0.1"  # where the API server listens and what it advertises (a real node's IP)
     pids: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -51,7 +52,7 @@ class Cluster:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        return f"https://{self.address}:{self.apiserver_port}"
 
     def env(self) -> dict[str, str]:
         return {"KUBECONFIG": self.kubeconfig, "KUBE_CONTEXT": CONTEXT}
@@ -76,13 +77,16 @@ def _versions() -> dict[str, str]:
 
 # --- PKI (openssl: one CA signs the serving cert and every client cert) -------------------------------------
 
+EC_KEY = ("-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256")  # milliseconds to make, unlike RSA
+
+
 def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
 def _cert(pki: Path, name: str, subject: str, *, sans: list[str] | None = None, server: bool = False) -> None:
     key, csr, crt, ext = (pki / f"{name}.{s}" for s in ("key", "csr", "crt", "ext"))
-    _openssl("genrsa", "-out", str(key), "2048")
+    _openssl("genpkey", *EC_KEY, "-out", str(key))
     _openssl("req", "-new", "-key", str(key), "-subj", subject, "-out", str(csr))
     usage = "serverAuth" if server else "clientAuth"
     lines = ["basicConstraints=CA:FALSE", "keyUsage=critical,digitalSignature,keyEncipherment",
@@ -96,8 +100,9 @@ def _cert(pki: Path, name: str, subject: str, *, sans: list[str] | None = None, 
 
 def make_pki(pki: Path, advertise: str) -> None:
     pki.mkdir(parents=True)
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(pki / "ca.key"), "-out",
-             str(pki / "ca.crt"), "-days", "30", "-subj", "/CN=titanic-local-ca")
+    _openssl("genpkey", *EC_KEY, "-out", str(pki / "ca.key"))
+    _openssl("req", "-x509", "-new", "-key", str(pki / "ca.key"), "-out", str(pki / "ca.crt"), "-days", "30",
+             "-subj", "/CN=titanic-local-ca")
     service_ip = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
     sans = ["IP:127.0.0.1", f"IP:{service_ip}", f"IP:{advertise}", "DNS:localhost", "DNS:kubernetes",
             "DNS:kubernetes.default", "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"]
@@ -106,8 +111,8 @@ def make_pki(pki: Path, advertise: str) -> None:
     _cert(pki, "controller-manager", "/CN=system:kube-controller-manager")
     _cert(pki, "scheduler", "/CN=system:kube-scheduler")
     _cert(pki, "apiserver-kubelet-client", "/O=system:masters/CN=kube-apiserver-kubelet-client")
-    _openssl("genrsa", "-out", str(pki / "sa.key"), "2048")
-    _openssl("rsa", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
+    _openssl("genpkey", *EC_KEY, "-out", str(pki / "sa.key"))
+    _openssl("pkey", "-in", str(pki / "sa.key"), "-pubout", "-out", str(pki / "sa.pub"))
 
 
 def write_kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
@@ -195,15 +200,18 @@ def kind_storage(volumes: int = 4, size: str = "20Gi") -> list[dict]:
     return [storage_class, *pvs]
 
 
-def up(root: Path) -> Cluster:
-    """Start the control plane and the kwok node under `root` (which must not hold a running one)."""
+def up(root: Path, *, address: str = "127.0.0.1", kwok: bool = True) -> Cluster:
+    """Start the control plane and the kwok node under `root` (which must not hold a running one).
+
+    `address`: where the API server listens and what it advertises, 127.0.0.1 unless a real node (tests/node.py)
+    needs it on an address its pods reach. `kwok=False`: no fake node and no kind storage (a real node joins)."""
     root.mkdir(parents=True, exist_ok=True)
     if (root / STATE_FILE).exists():
         raise RuntimeError(f"a control plane already runs in {root}; run `make kube-down` first")
-    cluster = Cluster(root=str(root))
+    cluster = Cluster(root=str(root), address=address)
     pki = root / "pki"
     try:
-        make_pki(pki, "127.0.0.1")
+        make_pki(pki, address)
         etcd_port, peer_port = free_port(), free_port()
         etcd = _start(cluster, "etcd", [
             str(_bin("etcd")), "--name", "titanic", "--data-dir", str(root / "etcd"),
@@ -219,7 +227,7 @@ def up(root: Path) -> Cluster:
         cluster.apiserver_port = free_port()
         apiserver = _start(cluster, "kube-apiserver", [
             str(_bin("kube-apiserver")), f"--etcd-servers=http://127.0.0.1:{etcd_port}",
-            "--bind-address=127.0.0.1", f"--secure-port={cluster.apiserver_port}", "--advertise-address=127.0.0.1",
+            f"--bind-address={address}", f"--secure-port={cluster.apiserver_port}", f"--advertise-address={address}",
             f"--cert-dir={root / 'apiserver'}",
             f"--tls-cert-file={pki / 'apiserver.crt'}", f"--tls-private-key-file={pki / 'apiserver.key'}",
             f"--client-ca-file={pki / 'ca.crt'}",
@@ -250,18 +258,8 @@ def up(root: Path) -> Cluster:
             f"--authorization-kubeconfig={root / 'scheduler.kubeconfig'}",
             "--bind-address=127.0.0.1", f"--secure-port={free_port()}", "--leader-elect=false"])
 
-        kwok = _start(cluster, "kwok", [
-            str(_bin("kwok")), f"--kubeconfig={cluster.kubeconfig}", f"--config={_kwok_stages(root)}",
-            "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
-            # Without a lease the node-lifecycle controller takes the node for dead after ~50 s and marks
-            # every pod NotReady (Deployments lose availability, helm --wait times out).
-            "--node-lease-duration-seconds=40",
-            f"--server-address=127.0.0.1:{free_port()}"])
-        cluster.kubectl("apply", "-f", "-", input=json.dumps(fake_node()))
-        cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in kind_storage()))
-        _wait("kwok node", kwok, lambda: cluster.kubectl(
-            "get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}").stdout == "True",
-              root / "kwok.log")
+        if kwok:
+            _start_kwok(cluster)
         # Pods need their namespace's ServiceAccount, which the controller-manager creates.
         _wait("default ServiceAccount", None,
               lambda: cluster.kubectl("-n", "default", "get", "serviceaccount", "default", check=False).returncode == 0,
@@ -271,6 +269,23 @@ def up(root: Path) -> Cluster:
         raise
     (root / STATE_FILE).write_text(json.dumps(asdict(cluster)))
     return cluster
+
+
+def _start_kwok(cluster: Cluster) -> None:
+    """kwok and its fake node (Ready), with kind's StorageClass and volumes for it."""
+    root = Path(cluster.root)
+    kwok = _start(cluster, "kwok", [
+        str(_bin("kwok")), f"--kubeconfig={cluster.kubeconfig}", f"--config={_kwok_stages(root)}",
+        "--manage-all-nodes=false", "--manage-nodes-with-annotation-selector=kwok.x-k8s.io/node=fake",
+        # Without a lease the node-lifecycle controller takes the node for dead after ~50 s and marks
+        # every pod NotReady (Deployments lose availability, helm --wait times out).
+        "--node-lease-duration-seconds=40",
+        f"--server-address=127.0.0.1:{free_port()}"])
+    cluster.kubectl("apply", "-f", "-", input=json.dumps(fake_node()))
+    cluster.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in kind_storage()))
+    _wait("kwok node", kwok, lambda: cluster.kubectl(
+        "get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}").stdout == "True",
+          root / "kwok.log")
 
 
 def down(root: Path) -> None:

@@ -118,8 +118,10 @@ def test_deploys_with_the_pipeline_token_and_promotes_once_the_version_answers(k
     assert rollout["status"]["updatedReplicas"] == rollout["status"]["availableReplicas"] == 1
 
 
-def test_a_version_that_never_answers_is_rolled_back_and_not_promoted(kube, pipeline_kubeconfig, model_server):
-    settings = model_server.settings.model_copy(update={"kserve_url": model_server.transformer_url})
+def test_a_version_that_never_answers_is_rolled_back_and_not_promoted(kube, pipeline_kubeconfig, model_server,
+                                                                       settings):
+    # Its own registry (the `settings` fixture's schema): the shared trained model's stays as it is.
+    settings = settings.model_copy(update={"kserve_url": model_server.transformer_url})
     conn = postgres.connect(settings)
     try:  # approved, but the model server keeps answering with the served version (as a failed load would)
         registry.register(conn, settings.model_name, "never-answers", artifact_uri=deploy.model_uri(settings, "x"),
@@ -133,6 +135,11 @@ def test_a_version_that_never_answers_is_rolled_back_and_not_promoted(kube, pipe
     assert result.returncode != 0
     assert "still answers with version" in result.stderr and "restored storageUri" in result.stderr, result.stderr
     assert model_spec(kube).get("storageUri") == before
+    conn = postgres.connect(settings)
+    try:
+        assert registry.get(conn, settings.model_name, "never-answers")["status"] == "approved"  # not promoted
+    finally:
+        conn.close()
 
 
 def test_a_stale_guard_is_refused_with_422(kube, pipeline_kubeconfig, platform):

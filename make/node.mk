@@ -1,0 +1,64 @@
+# A real single-node Kubernetes on this machine: the control plane of `make kube-up` plus a real node (kubelet,
+# kube-proxy, containerd, runc, the CNI bridge, CoreDNS), everything built here from pinned Go modules and
+# Debian packages. Included by the Makefile. Needs root. `eval "$(make -s local-cluster-up)"` points kubectl,
+# helm and every cluster target at it; `make local-cluster-down` stops it and removes all it made.
+
+LOCAL_CLUSTER_DIR ?= $(CURDIR)/.local-cluster## certificates, data, images and logs of `make local-cluster-up`
+NODE_KUBE_BINS := kubelet kube-proxy
+CONTAINERD_BINS := containerd ctr containerd-shim-runc-v2
+COREDNS := $(LOCALBIN)/coredns
+PAUSE := $(LOCALBIN)/pause
+# runc and the CNI plugins run the pods; conntrack and socat are what kube-proxy and port-forward call;
+# busybox-static is the one binary of the test image (tests/node).
+NODE_DEB_PACKAGES := runc containernetworking-plugins conntrack socat iptables busybox-static
+
+##@ Local Kubernetes with a real node
+
+.PHONY: local-cluster-up
+local-cluster-up: venv kube-tools node-tools node-deps ## Start the control plane and a real node (containerd, kubelet, kube-proxy, CoreDNS); prints `export` lines. Root only.
+	@$(PY) -m tests.node up --dir $(LOCAL_CLUSTER_DIR)
+
+.PHONY: local-cluster-down
+local-cluster-down: ## Stop the cluster of local-cluster-up and remove all it made (processes, bridge, iptables chains, mounts, host dirs).
+	@[ ! -x $(PY) ] || $(PY) -m tests.node down --dir $(LOCAL_CLUSTER_DIR)
+
+.PHONY: test-node
+test-node: node-deps venv kube-tools node-tools ## Run tests/node (a real node up, pods, logs/exec, ClusterIP, DNS, then down leaves the machine as it was). Not part of `make test`.
+	TITANIC_NODE_TEST=1 $(VENV)/bin/pytest tests/node $(PYTEST_ARGS)
+
+.PHONY: node-tools
+node-tools: node-kube-bins containerd coredns pause ## Build the node's binaries into ./bin (kubelet, kube-proxy, containerd $(CONTAINERD_VERSION), CoreDNS $(COREDNS_VERSION), pause $(PAUSE_VERSION)), only what is missing.
+
+.PHONY: node-deps
+node-deps: ## Install the node's missing Debian packages with apt (runc, CNI plugins, conntrack, socat, iptables, busybox-static).
+	@missing=""; for p in $(NODE_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	if [ -n "$$missing" ]; then echo "apt-get install$$missing" >&2; \
+	  $$sudo apt-get update -qq && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$missing >/dev/null; fi
+
+.PHONY: node-kube-bins containerd coredns pause
+node-kube-bins:
+	@missing=""; for c in $(NODE_KUBE_BINS); do [ -x $(LOCALBIN)/$$c-v$(KUBE_VERSION) ] || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then echo "go build k8s.io/kubernetes v$(KUBE_VERSION):$$missing" >&2; \
+	  hack/kube/build.sh $(LOCALBIN) $(KUBE_VERSION) $$missing; fi; \
+	for c in $(NODE_KUBE_BINS); do ln -sf $$c-v$(KUBE_VERSION) $(LOCALBIN)/$$c; done
+# containerd's own Makefile builds with these tags: no btrfs headers needed, no urfave/cli docs generator.
+containerd:
+	@missing=""; for c in $(CONTAINERD_BINS); do [ -x $(LOCALBIN)/$$c-$(CONTAINERD_VERSION) ] || missing="$$missing $$c"; done; \
+	if [ -n "$$missing" ]; then echo "go install containerd $(CONTAINERD_VERSION):$$missing (cold: ~3 min)" >&2; \
+	  mkdir -p $(LOCALBIN); tmp=$$(mktemp -d); pkgs=""; \
+	  for c in $$missing; do pkgs="$$pkgs github.com/containerd/containerd/v2/cmd/$$c@$(CONTAINERD_VERSION)"; done; \
+	  GOBIN=$$tmp go install -tags "no_btrfs urfave_cli_no_docs" -trimpath -ldflags "-s -w" $$pkgs; \
+	  for c in $$missing; do mv $$tmp/$$c $(LOCALBIN)/$$c-$(CONTAINERD_VERSION); done; rm -rf $$tmp; fi; \
+	for c in $(CONTAINERD_BINS); do ln -sf $$c-$(CONTAINERD_VERSION) $(LOCALBIN)/$$c; done
+coredns:
+	@[ -x $(COREDNS)-$(COREDNS_VERSION) ] || { echo "go build coredns $(COREDNS_VERSION) (cold: ~2 min)" >&2; mkdir -p $(LOCALBIN); \
+	  cd hack/coredns && CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $(COREDNS)-$(COREDNS_VERSION) .; }
+	@ln -sf coredns-$(COREDNS_VERSION) $(COREDNS)
+# Kubernetes' build/pause/Makefile: the same C file and flags, built with the machine's gcc instead of kube-cross.
+pause:
+	@[ -x $(PAUSE)-$(PAUSE_VERSION) ] || { echo "gcc -static pause $(PAUSE_VERSION)" >&2; mkdir -p $(LOCALBIN); \
+	  dir=$$(cd hack/kube && go mod download -json k8s.io/kubernetes | sed -n 's/^\t"Dir": "\(.*\)",$$/\1/p'); \
+	  gcc -Os -Wall -Werror -static -DVERSION=v$(PAUSE_VERSION) -o $(PAUSE)-$(PAUSE_VERSION) $$dir/build/pause/linux/pause.c; \
+	  strip $(PAUSE)-$(PAUSE_VERSION); }
+	@ln -sf pause-$(PAUSE_VERSION) $(PAUSE)
