@@ -9,8 +9,9 @@ CONTAINERD_BINS := containerd ctr containerd-shim-runc-v2
 COREDNS := $(LOCALBIN)/coredns
 PAUSE := $(LOCALBIN)/pause
 # runc and the CNI plugins run the pods; conntrack and socat are what kube-proxy and port-forward call;
-# busybox-static is the one binary of the test image (tests/node).
-NODE_DEB_PACKAGES := runc containernetworking-plugins conntrack socat iptables busybox-static
+# nft deletes the tables iptables-nft leaves behind (iptables cannot); busybox-static is the one binary of
+# the test image (tests/node).
+NODE_DEB_PACKAGES := runc containernetworking-plugins conntrack socat iptables nftables busybox-static
 
 ##@ Local Kubernetes with a real node
 

@@ -606,6 +606,29 @@ def _delete_chains(before: dict[str, list[str]]) -> None:
             _run(f"{command}-restore", "--noflush", input="\n".join(script))
 
 
+def _delete_tables(before: dict[str, list[str]]) -> None:
+    """Delete the tables that iptables-nft made for kube-proxy, the kubelet and the CNI plugins and that were
+    not there before `up`, once they hold nothing but their empty built-in chains: iptables cannot delete a
+    table, and a leftover `*nat` in iptables-save is a change of the machine's state."""
+    if not shutil.which("nft"):
+        return
+    for command, family in (("iptables", "ip"), ("ip6tables", "ip6")):
+        if "nf_tables" not in _run(command, "--version", check=False).stdout:
+            continue  # legacy iptables: tables are the kernel's, always there
+        for key in iptables_chains():
+            table = key.split("/", 1)[1]
+            if not key.startswith(command + "/") or key in before:
+                continue
+            listing = _run("nft", "-j", "list", "table", family, table, check=False)
+            if listing.returncode != 0:
+                continue
+            items = json.loads(listing.stdout).get("nftables", [])
+            if any("rule" in item for item in items) or any(
+                    "chain" in item and "hook" not in item["chain"] for item in items):
+                continue  # not empty: someone else's
+            _run("nft", "delete", "table", family, table, check=False)
+
+
 def _unmount_under(prefixes: list[str]) -> None:
     """Unmount everything mounted at or below `prefixes`, deepest and newest first (lazily if busy)."""
     prefixes = [p.rstrip("/") for p in prefixes if p]
@@ -675,6 +698,7 @@ def down(root: Path) -> None:
     if (proxy := shutil.which("kube-proxy") or str(kube._bin("kube-proxy"))) and Path(proxy).exists():
         _run(proxy, "--cleanup", check=False)
     _delete_chains(node.chains)
+    _delete_tables(node.chains)
     # 5. cgroups, kernel settings, host directories, the directory itself.
     _remove_cgroups(node.cgroups)
     for name, value in node.sysctls.items():
