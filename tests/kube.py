@@ -200,11 +200,13 @@ def kind_storage(volumes: int = 4, size: str = "20Gi") -> list[dict]:
     return [storage_class, *pvs]
 
 
-def up(root: Path, *, address: str = "127.0.0.1", kwok: bool = True) -> Cluster:
+def up(root: Path, *, address: str = "127.0.0.1", kwok: bool = True,
+       apiserver_args: tuple[str, ...] = ()) -> Cluster:
     """Start the control plane and the kwok node under `root` (which must not hold a running one).
 
     `address`: where the API server listens and what it advertises, 127.0.0.1 unless a real node (tests/node.py)
-    needs it on an address its pods reach. `kwok=False`: no fake node and no kind storage (a real node joins)."""
+    needs it on an address its pods reach. `kwok=False`: no fake node and no kind storage (a real node joins).
+    `apiserver_args`: more flags for kube-apiserver."""
     root.mkdir(parents=True, exist_ok=True)
     if (root / STATE_FILE).exists():
         raise RuntimeError(f"a control plane already runs in {root}; run `make kube-down` first")
@@ -236,7 +238,7 @@ def up(root: Path, *, address: str = "127.0.0.1", kwok: bool = True) -> Cluster:
             "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
             f"--service-account-key-file={pki / 'sa.pub'}", f"--service-account-signing-key-file={pki / 'sa.key'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}", "--authorization-mode=Node,RBAC",
-            "--allow-privileged=true", "--profiling=false"])
+            "--allow-privileged=true", "--profiling=false", *apiserver_args])
         for user in ("admin", "controller-manager", "scheduler"):
             write_kubeconfig(root / f"{user}.kubeconfig", cluster.server, pki, user)
         admin = (str(pki / "admin.crt"), str(pki / "admin.key"))

@@ -165,6 +165,7 @@ def mounts() -> list[str]:
 def _env() -> dict[str, str]:
     env = kube._env()  # no proxy settings
     env["PATH"] = f"{kube._bin('containerd').parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+    env["PYTHONPATH"] = str(kube.REPO)  # `python -m tests.node reap` from the node's directory
     return env
 
 
@@ -175,6 +176,32 @@ def _start(node: Node, name: str, argv: list[str]) -> subprocess.Popen:
     node.pids[name] = proc.pid
     node.save()  # so `down` can clean up a failed start
     return proc
+
+
+def reap(argv: list[str]) -> int:
+    """Run `argv` as a child subreaper and reap every orphan that lands here until none is left.
+
+    containerd's shims daemonize (the `start` call forks and exits), so their parent becomes the nearest
+    subreaper, else PID 1. PID 1 of this machine never reaps: every shim `down` kills stayed a zombie for good.
+    Under this process (the containerd process' parent, in its process group) they are reaped."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+    child = subprocess.Popen(argv)
+    # `down` signals the whole process group (containerd too): stay until the last child is gone.
+    signal.signal(signal.SIGTERM, lambda *_: child.poll() is None and child.send_signal(signal.SIGTERM))
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    code = 0
+    while True:
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return code
+        if pid == child.pid:
+            child.returncode = os.waitstatus_to_exitcode(status)
+            code = child.returncode
 
 
 def _run(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
@@ -207,7 +234,9 @@ def _shim_pids(node: Node) -> set[int]:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if argv and argv[0].endswith(b"containerd-shim-runc-v2") and node.containerd_socket.encode() in argv:
+        # argv[0] is bin/containerd-shim-runc-v2-<version>: the symlink's target, which the shim re-executes
+        if argv and os.path.basename(argv[0]).startswith(b"containerd-shim-runc-v2") and \
+                node.containerd_socket.encode() in argv:
             pids.add(int(proc.name))
     return pids
 
@@ -234,8 +263,26 @@ def _state(pid: int) -> str:
 def memory_rss(node: Node) -> dict[str, int]:
     """Resident memory (bytes) of the cluster: control plane, node daemons, shims and the pods' processes."""
     cluster = json.loads((node.control_plane / kube.STATE_FILE).read_text())
-    groups = {**{n: {p} for n, p in cluster["pids"].items()}, **{n: {p} for n, p in node.pids.items()},
-              "shims": _shim_pids(node), "pods": _pids_of_cgroups(CGROUP_PREFIX)}
+    shims, pods = _shim_pids(node), _pids_of_cgroups(CGROUP_PREFIX)
+    parents = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                parents[int(proc.name)] = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                pass
+
+    def tree(pid: int) -> set[int]:  # a started process and its descendants (containerd under its reaper)
+        found, todo = {pid}, [pid]
+        while todo:
+            parent = todo.pop()
+            children = {c for c, p in parents.items() if p == parent and c not in found | shims | pods}
+            found |= children
+            todo.extend(children)
+        return found
+
+    groups = {**{n: tree(p) for n, p in cluster["pids"].items()}, **{n: tree(p) for n, p in node.pids.items()},
+              "shims": shims, "pods": pods}
     rss = {}
     for name, pids in groups.items():
         total = 0
@@ -524,7 +571,10 @@ def up(root: Path, *, dns: bool = True) -> Node:
         _run("ip", "addr", "add", f"{GATEWAY}/{POD_CIDR.split('/')[1]}", "dev", BRIDGE)
         _run("ip", "link", "set", BRIDGE, "up")
 
-        cluster = kube.up(node.control_plane, address=GATEWAY, kwok=False)
+        # The kubelet reports its node name as a Hostname address, which no DNS here resolves: logs, exec and
+        # port-forward must dial the InternalIP.
+        cluster = kube.up(node.control_plane, address=GATEWAY, kwok=False,
+                          apiserver_args=("--kubelet-preferred-address-types=InternalIP,Hostname",))
         mark("control plane")
         pki = node.control_plane / "pki"
         _node_certs(pki)
@@ -535,7 +585,8 @@ def up(root: Path, *, dns: bool = True) -> Node:
         (root / "cni" / "10-titanic.conflist").write_text(json.dumps(cni_config(node), indent=1))
         (root / "containerd").mkdir()
         (root / "containerd" / "config.toml").write_text(containerd_config(node))
-        containerd = _start(node, "containerd", [str(kube._bin("containerd")), "--config",
+        containerd = _start(node, "containerd", [sys.executable, "-m", "tests.node", "reap", "--",
+                                                 str(kube._bin("containerd")), "--config",
                                                  str(root / "containerd" / "config.toml")])
         kube._wait("containerd", containerd, lambda: node.ctr("version", check=False).returncode == 0,
                    root / "containerd.log", timeout=30)
@@ -717,9 +768,12 @@ def down(root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("action", choices=["up", "down", "reap"])
     parser.add_argument("--dir", default=".local-cluster", help="directory for certificates, data, images and logs")
+    parser.add_argument("command", nargs="*", help="reap: the command to run as a child subreaper")
     args = parser.parse_args(argv)
+    if args.action == "reap":
+        return reap(args.command)
     root = Path(args.dir).resolve()
     if args.action == "down":
         down(root)

@@ -1,0 +1,259 @@
+"""`make local-cluster-up` makes a real node on this machine, and `make local-cluster-down` leaves the machine
+exactly as it found it. Between the two: pods of images built here run under Pod Security `restricted`
+(seccomp, no capabilities, non-root), `kubectl logs`/`exec` reach them through the kubelet, a ClusterIP Service
+answers from a pod and from the host (kube-proxy), and CoreDNS resolves the Service's name.
+
+Root only, ~1 minute; run by `make test-node`, not by `make test` (CI's time budget).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests import node as local_node
+
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "node-test"
+NUMBERS: dict[str, object] = {}
+
+pytestmark = [
+    pytest.mark.skipif(os.environ.get("TITANIC_NODE_TEST") != "1",
+                       reason="a real node changes the host (root, iptables, mounts): `make test-node` runs it"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="a real node needs root"),
+]
+
+# Processes of a node: what tests/node.py starts and what runs in its pods.
+NODE_EXECUTABLES = {"containerd", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "coredns", "pause", "runc",
+                    "busybox", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+HOST_PATHS = ["/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/var/lib/cni", "/run/containerd",
+              "/run/netns", "/var/run/nri", "/opt/containerd", "/etc/cni/net.d", "/opt/cni", "/etc/containerd"]
+
+
+def _processes(root: Path) -> list[str]:
+    """Processes that belong to a node: in a kubepods cgroup, named like its parts, or mentioning `root`.
+    Another suite's control plane (its own directory, not ours) does not count, unless it runs in a pod."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            comm, state = re.match(r".*\((.*)\) (\S)", (proc / "stat").read_text()).groups()
+            if state == "Z":  # a zombie: PID 1 of this machine reaps none, so one left now stays for good
+                if comm.startswith(tuple(n[:15] for n in NODE_EXECUTABLES)) or comm in ("sleep", "httpd", "sh"):
+                    found.append(f"{proc.name} zombie {comm}")
+                continue
+            argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
+            cgroup = (proc / "cgroup").read_text()
+            exe = os.path.basename(os.readlink(proc / "exe"))
+        except (OSError, AttributeError):
+            continue
+        mine = str(root) in " ".join(argv)
+        in_pod = "kubepods" in cgroup
+        node_daemon = exe in NODE_EXECUTABLES - {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+        if mine or in_pod or node_daemon:
+            found.append(f"{proc.name} {exe} {' '.join(argv)[:120]}")
+    return sorted(found)
+
+
+def _chains() -> dict[str, list[str]]:
+    return {k: sorted(v) for k, v in local_node.iptables_chains().items()}
+
+
+def machine_state(root: Path) -> dict:
+    """What a node could leave behind: processes, links, iptables chains and tables, mounts, host directories,
+    cgroups, kernel settings."""
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    return {
+        "processes": _processes(root),
+        "links": sorted(line.split(":")[1].strip().split("@")[0] for line in links.splitlines()),
+        "iptables": _chains(),
+        "nft tables": sorted(nft.splitlines()),
+        "mounts": Path("/proc/mounts").read_text().splitlines(),
+        "host paths": {p: os.path.lexists(p) for p in HOST_PATHS},
+        "cgroups": {h.name: sorted(c.name for c in h.iterdir() if c.is_dir())
+                    for h in sorted(Path("/sys/fs/cgroup").iterdir()) if h.is_dir() and not h.is_symlink()},
+        "sysctls": local_node.read_sysctls(),
+    }
+
+
+def make(*targets: str, root: Path, timeout: float = 900) -> subprocess.CompletedProcess:
+    argv = ["make", "-s", "--no-print-directory", *targets, f"LOCAL_CLUSTER_DIR={root}"]
+    result = subprocess.run(argv, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+    assert result.returncode == 0, f"{' '.join(argv)}:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    return result
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # Not under pytest's tmp dir: containerd's shim socket directory must be short (42 characters).
+    root = Path(tempfile.mkdtemp(prefix="titanic-node-"))
+    root.rmdir()  # `up` makes it; the state before must not hold it
+    before = machine_state(root)
+    started = time.monotonic()
+    up = make("local-cluster-up", root=root)
+    NUMBERS["up (make local-cluster-up, s)"] = round(time.monotonic() - started, 1)
+    node = local_node.Node(**json.loads((root / local_node.STATE_FILE).read_text()))
+    NUMBERS["up phases (s since start)"] = node.timings
+    yield {"root": root, "before": before, "stdout": up.stdout, "node": node}
+    if (root / local_node.STATE_FILE).exists():  # a test failed before test_down_restores_the_machine
+        make("local-cluster-down", root=root)
+
+
+def kubectl(cluster, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
+    return cluster["node"].kubectl(*args, input=input, check=check)
+
+
+def test_up_prints_only_exports(cluster):
+    lines = cluster["stdout"].splitlines()
+    assert lines == [f"export KUBECONFIG={cluster['node'].kubeconfig}", "export KUBE_CONTEXT=titanic-local"]
+
+
+def test_the_node_is_real_and_ready(cluster):
+    node = json.loads(kubectl(cluster, "get", "node", local_node.NODE, "-o", "json").stdout)
+    ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}
+    assert ready["Ready"] == "True"
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == "v" + local_node._versions()["KUBE_VERSION"]
+    assert info["containerRuntimeVersion"].startswith("containerd://" + local_node._versions()["CONTAINERD_VERSION"][1:])
+    assert {"type": "InternalIP", "address": local_node.GATEWAY} in node["status"]["addresses"]
+    assert "node-role.kubernetes.io/control-plane" in node["metadata"]["labels"]
+    assert "kwok.x-k8s.io/node" not in node["metadata"].get("annotations", {})
+    # containerd runs on its own socket, never the system's
+    assert not os.path.exists("/run/containerd/containerd.sock") or cluster["before"]["host paths"]["/run/containerd"]
+    images = cluster["node"].ctr("images", "ls", "-q").stdout.split()
+    assert set(local_node.image_names().values()) <= set(images)
+
+
+RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 1000, "runAsGroup": 1000,
+                  "seccompProfile": {"type": "RuntimeDefault"}}
+RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True,
+                        "capabilities": {"drop": ["ALL"]}}
+
+
+def _pod(name: str, command: list[str], **extra) -> dict:
+    container = {"name": name, "image": local_node.BUSYBOX_IMAGE, "imagePullPolicy": "Never", "command": command,
+                 "securityContext": RESTRICTED_CONTAINER,
+                 "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}, "limits": {"memory": "32Mi"}}}
+    container.update(extra.pop("container", {}))
+    return {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": NAMESPACE,
+                                                          "labels": {"app": name}},
+            "spec": {"securityContext": RESTRICTED_POD, "containers": [container],
+                     "terminationGracePeriodSeconds": 1, "automountServiceAccountToken": False, **extra}}
+
+
+@pytest.fixture(scope="module")
+def pods(cluster):
+    """A web server (busybox httpd, page from a ConfigMap volume) behind a ClusterIP Service, and a client pod,
+    in a namespace that enforces Pod Security `restricted`."""
+    started = time.monotonic()
+    kubectl(cluster, "create", "namespace", NAMESPACE)
+    kubectl(cluster, "label", "namespace", NAMESPACE, "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/enforce-version=latest")
+    page = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "web", "namespace": NAMESPACE},
+            "data": {"index.html": "hello from a real node\n"}}
+    web = _pod("web", ["sh", "-c", "echo serving /www on 8080; exec httpd -f -vv -p 8080 -h /www"],
+               container={"ports": [{"containerPort": 8080}],
+                          "volumeMounts": [{"name": "www", "mountPath": "/www", "readOnly": True}],
+                          "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}},
+               volumes=[{"name": "www", "configMap": {"name": "web"}}])
+    service = {"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web", "namespace": NAMESPACE},
+               "spec": {"selector": {"app": "web"}, "ports": [{"port": 80, "targetPort": 8080}]}}
+    client = _pod("client", ["sleep", "3600"])
+    kubectl(cluster, "apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in (page, web, service, client)))
+    kubectl(cluster, "-n", NAMESPACE, "wait", "--for=condition=Ready", "pod/web", "pod/client", "--timeout=120s")
+    NUMBERS["two pods Ready after apply (s)"] = round(time.monotonic() - started, 1)
+    NUMBERS["first pods Ready since up started (s)"] = round(
+        NUMBERS["two pods Ready after apply (s)"] + NUMBERS["up (make local-cluster-up, s)"], 1)
+    cluster_ip = kubectl(cluster, "-n", NAMESPACE, "get", "service", "web", "-o", "jsonpath={.spec.clusterIP}").stdout
+    return {"cluster_ip": cluster_ip}
+
+
+def test_restricted_namespace_refuses_a_root_pod(cluster, pods):
+    bad = _pod("root", ["sleep", "1"])
+    bad["spec"]["securityContext"] = {}
+    bad["spec"]["containers"][0]["securityContext"] = {}
+    result = kubectl(cluster, "apply", "-f", "-", input=json.dumps(bad), check=False)
+    assert result.returncode != 0 and "violates PodSecurity" in result.stderr
+
+
+def test_pods_run_confined_in_real_containers(cluster, pods):
+    def exec_(*argv: str) -> str:
+        return kubectl(cluster, "-n", NAMESPACE, "exec", "client", "--", *argv).stdout
+
+    assert exec_("id", "-u").strip() == "1000"
+    status = exec_("cat", "/proc/self/status")
+    assert re.search(r"^Seccomp:\s+2$", status, re.M), status  # RuntimeDefault: a filter, not unconfined
+    assert re.search(r"^NoNewPrivs:\s+1$", status, re.M)
+    assert re.search(r"^CapEff:\s+0+$", status, re.M)
+    write = kubectl(cluster, "-n", NAMESPACE, "exec", "client", "--", "touch", "/x", check=False)
+    assert write.returncode != 0  # read-only root filesystem
+    # Every pod's sandbox is the pause image built here.
+    containers = cluster["node"].ctr("containers", "ls").stdout
+    assert local_node.image_names()["pause"] in containers
+
+
+def test_logs_and_exec_with_stdin(cluster, pods):
+    logs = kubectl(cluster, "-n", NAMESPACE, "logs", "web").stdout
+    assert "serving /www on 8080" in logs
+    echoed = kubectl(cluster, "-n", NAMESPACE, "exec", "-i", "client", "--", "cat", input="through the kubelet\n")
+    assert echoed.stdout == "through the kubelet\n"
+
+
+def http_get(cluster, host: str, port: int = 80) -> str:
+    """The body of GET / on host:port from the client pod. With nc: Debian's busybox-static `wget` segfaults
+    (exit 139, on the host too), its `nc` and name resolution work."""
+    request = f'printf "GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n" | nc -w 5 {host} {port}'
+    response = kubectl(cluster, "-n", NAMESPACE, "exec", "client", "--", "sh", "-c", request).stdout
+    head, _, body = response.partition("\n\n")  # text mode: CRLF arrives as LF
+    assert head.startswith("HTTP/1.1 200"), response
+    return body
+
+
+def test_cluster_ip_from_a_pod_and_from_the_host(cluster, pods):
+    assert http_get(cluster, pods["cluster_ip"]) == "hello from a real node\n"
+    url = f"http://{pods['cluster_ip']}/"
+    session = requests.Session()
+    session.trust_env = False  # never through the machine's HTTP proxy
+    assert session.get(url, timeout=5).text == "hello from a real node\n"
+    # both requests reached the pod (httpd -vv logs them): from the client pod and from the host (the bridge)
+    client_ip = kubectl(cluster, "-n", NAMESPACE, "get", "pod", "client", "-o", "jsonpath={.status.podIP}").stdout
+    logs = kubectl(cluster, "-n", NAMESPACE, "logs", "web").stdout
+    for source in (client_ip, local_node.GATEWAY):
+        assert f"[::ffff:{source}]:" in logs and "url:/" in logs, logs
+
+
+def test_coredns_resolves_service_names(cluster, pods):
+    fqdn = f"web.{NAMESPACE}.svc.cluster.local"
+    answer = kubectl(cluster, "-n", NAMESPACE, "exec", "client", "--", "nslookup", fqdn).stdout
+    assert pods["cluster_ip"] in answer, answer
+    # the short name through the pod's search path (resolv.conf written by the kubelet)
+    assert http_get(cluster, "web") == "hello from a real node\n"
+
+
+def test_memory(cluster, pods):
+    rss = local_node.memory_rss(cluster["node"])
+    NUMBERS["memory RSS (MiB)"] = {k: round(v / 2**20) for k, v in rss.items()}
+    NUMBERS["memory RSS total (MiB)"] = round(sum(rss.values()) / 2**20)
+    assert sum(rss.values()) < 3 * 2**30
+
+
+def test_down_restores_the_machine(cluster, pods, capsys):
+    started = time.monotonic()
+    make("local-cluster-down", root=cluster["root"])
+    NUMBERS["down (make local-cluster-down, s)"] = round(time.monotonic() - started, 1)
+    after = machine_state(cluster["root"])
+    assert not cluster["root"].exists()
+    for key, value in cluster["before"].items():
+        assert after[key] == value, f"{key} differs after down"
+    with capsys.disabled():
+        print("\nlocal cluster numbers:", json.dumps(NUMBERS, indent=1))
