@@ -165,7 +165,6 @@ def mounts() -> list[str]:
 def _env() -> dict[str, str]:
     env = kube._env()  # no proxy settings
     env["PATH"] = f"{kube._bin('containerd').parent}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-    env["PYTHONPATH"] = str(kube.REPO)  # `python -m tests.node reap` from the node's directory
     return env
 
 
@@ -176,32 +175,6 @@ def _start(node: Node, name: str, argv: list[str]) -> subprocess.Popen:
     node.pids[name] = proc.pid
     node.save()  # so `down` can clean up a failed start
     return proc
-
-
-def reap(argv: list[str]) -> int:
-    """Run `argv` as a child subreaper and reap every orphan that lands here until none is left.
-
-    containerd's shims daemonize (the `start` call forks and exits), so their parent becomes the nearest
-    subreaper, else PID 1. PID 1 of this machine never reaps: every shim `down` kills stayed a zombie for good.
-    Under this process (the containerd process' parent, in its process group) they are reaped."""
-    import ctypes
-
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(36, 1, 0, 0, 0) != 0:  # PR_SET_CHILD_SUBREAPER
-        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
-    child = subprocess.Popen(argv)
-    # `down` signals the whole process group (containerd too): stay until the last child is gone.
-    signal.signal(signal.SIGTERM, lambda *_: child.poll() is None and child.send_signal(signal.SIGTERM))
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    code = 0
-    while True:
-        try:
-            pid, status = os.wait()
-        except ChildProcessError:
-            return code
-        if pid == child.pid:
-            child.returncode = os.waitstatus_to_exitcode(status)
-            code = child.returncode
 
 
 def _run(*argv: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
@@ -242,6 +215,7 @@ def _shim_pids(node: Node) -> set[int]:
 
 
 def _kill(pids: set[int], timeout: float = 10.0) -> None:
+    """SIGKILL `pids` and wait until they have exited."""
     for pid in pids:
         try:
             os.kill(pid, signal.SIGKILL)
@@ -249,15 +223,41 @@ def _kill(pids: set[int], timeout: float = 10.0) -> None:
             pass
     deadline = time.monotonic() + timeout
     while pids and time.monotonic() < deadline:
-        pids = {p for p in pids if Path(f"/proc/{p}").exists() and _state(p) != "Z"}
+        pids = {p for p in pids if not _exited(p)}
         time.sleep(0.05)
 
 
-def _state(pid: int) -> str:
+def _exited(pid: int) -> bool:
+    """Gone, or a zombie: these processes are not our children (`up` ran in another process) and PID 1 reaps
+    them, which on this machine takes up to ~2 s."""
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
     except (OSError, IndexError):
-        return "Z"
+        return True
+
+
+def _stop_groups(pids: list[int], timeout: float = 10.0) -> None:
+    """SIGTERM the process groups of `pids` (each started in a session of its own) all at once, SIGKILL what
+    lingers, and wait until they have exited."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in pids:
+            try:
+                os.killpg(pid, sig)
+            except (ProcessLookupError, PermissionError):
+                pass
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pids = [p for p in pids if not _exited(p)]
+            if not pids:
+                return
+            time.sleep(0.05)
+
+
+def _wait_reaped(pids: set[int], timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while pids and time.monotonic() < deadline:
+        pids = {p for p in pids if Path(f"/proc/{p}").exists()}
+        time.sleep(0.05)
 
 
 def memory_rss(node: Node) -> dict[str, int]:
@@ -272,7 +272,7 @@ def memory_rss(node: Node) -> dict[str, int]:
             except (OSError, IndexError, ValueError):
                 pass
 
-    def tree(pid: int) -> set[int]:  # a started process and its descendants (containerd under its reaper)
+    def tree(pid: int) -> set[int]:  # a started process and its descendants
         found, todo = {pid}, [pid]
         while todo:
             parent = todo.pop()
@@ -585,8 +585,7 @@ def up(root: Path, *, dns: bool = True) -> Node:
         (root / "cni" / "10-titanic.conflist").write_text(json.dumps(cni_config(node), indent=1))
         (root / "containerd").mkdir()
         (root / "containerd" / "config.toml").write_text(containerd_config(node))
-        containerd = _start(node, "containerd", [sys.executable, "-m", "tests.node", "reap", "--",
-                                                 str(kube._bin("containerd")), "--config",
+        containerd = _start(node, "containerd", [str(kube._bin("containerd")), "--config",
                                                  str(root / "containerd" / "config.toml")])
         kube._wait("containerd", containerd, lambda: node.ctr("version", check=False).returncode == 0,
                    root / "containerd.log", timeout=30)
@@ -725,17 +724,20 @@ def down(root: Path) -> None:
         shutil.rmtree(root, ignore_errors=True)
         return
     node = Node(**json.loads(state.read_text()))
-    # 1. The node's daemons, then whatever runs in the pods' cgroups (containers, pause) and the shims.
-    for name in ("kube-proxy", "kubelet"):
-        if name in node.pids:
-            kube._stop_pid(node.pids[name])
-    _kill(_pids_of_cgroups(CGROUP_PREFIX))
-    _kill(_shim_pids(node))
-    if "containerd" in node.pids:
-        kube._stop_pid(node.pids["containerd"])
-    _kill(_shim_pids(node))
-    # 2. The control plane.
-    kube.down(node.control_plane)
+    # 1. The kubelet (it would restart containers) and kube-proxy, then whatever runs in the pods' cgroups
+    #    (containers, pause), the shims, containerd and the control plane.
+    #    In parallel, but etcd last: an API server without etcd takes its time to stop (and etcd waits for it).
+    _stop_groups([node.pids[n] for n in ("kube-proxy", "kubelet") if n in node.pids])
+    shims = _shim_pids(node)
+    _kill(_pids_of_cgroups(CGROUP_PREFIX) | shims)
+    cluster = node.control_plane / kube.STATE_FILE
+    control_plane = json.loads(cluster.read_text())["pids"] if cluster.exists() else {}
+    _stop_groups([p for n, p in {**node.pids, **control_plane}.items()
+                  if n not in ("kube-proxy", "kubelet", "etcd")])
+    _stop_groups([control_plane["etcd"]] if "etcd" in control_plane else [])
+    _kill(shims := _shim_pids(node) | shims)
+    _wait_reaped(shims | set(node.pids.values()) | set(control_plane.values()))
+    kube.down(node.control_plane)  # its processes are gone: deletes its directory
     # 3. Mounts: container rootfs (overlay), shm, network namespaces, the kubelet's volumes and its root dir.
     owned = [str(root), node.socket_dir] + [p for p in node.created if p in HOST_DIRS]
     _unmount_under(owned)
@@ -768,12 +770,9 @@ def down(root: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down", "reap"])
+    parser.add_argument("action", choices=["up", "down"])
     parser.add_argument("--dir", default=".local-cluster", help="directory for certificates, data, images and logs")
-    parser.add_argument("command", nargs="*", help="reap: the command to run as a child subreaper")
     args = parser.parse_args(argv)
-    if args.action == "reap":
-        return reap(args.command)
     root = Path(args.dir).resolve()
     if args.action == "down":
         down(root)
