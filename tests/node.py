@@ -47,12 +47,15 @@ BUSYBOX_IMAGE = "localhost/titanic/busybox:latest-static"
 # `up` found them missing.
 HOST_DIRS = ["/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/var/lib/cni", "/run/containerd",
              "/run/netns", "/var/run/nri", "/opt/containerd"]
-# Kernel settings the node changes: the kubelet's kernel tunables (protectKernelDefaults=false), the bridge
-# plugin's ip_forward (isGateway) and kube-proxy's conntrack/route_localnet (disabled in its config, still
-# recorded). `down` writes back the values found before `up`.
-SYSCTLS = ["vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
-           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/ip_forward",
-           "net/ipv4/conf/all/forwarding", "net/ipv6/conf/all/forwarding", "net/ipv4/conf/all/route_localnet",
+# Kernel settings the node changes: the kubelet's kernel tunables (protectKernelDefaults=false: panic,
+# panic_on_oops, overcommit_memory seen changed here), the bridge plugin's ip_forward (isGateway), which also
+# flips conf/all/accept_redirects and every interface's forwarding, and kube-proxy's conntrack and
+# route_localnet (disabled in its config, still recorded). `down` writes back the values found before `up`,
+# ip_forward first.
+SYSCTLS = ["net/ipv4/ip_forward", "vm/overcommit_memory", "vm/panic_on_oom", "kernel/panic", "kernel/panic_on_oops",
+           "kernel/keys/root_maxkeys", "kernel/keys/root_maxbytes", "net/ipv4/conf/all/accept_redirects",
+           "net/ipv4/conf/default/accept_redirects", "net/ipv4/conf/default/forwarding",
+           "net/ipv6/conf/all/forwarding", "net/ipv4/conf/all/route_localnet",
            "net/bridge/bridge-nf-call-iptables", "net/bridge/bridge-nf-call-ip6tables",
            "net/netfilter/nf_conntrack_max", "net/netfilter/nf_conntrack_tcp_timeout_established",
            "net/netfilter/nf_conntrack_tcp_timeout_close_wait", "net/netfilter/nf_conntrack_tcp_be_liberal"]
@@ -113,8 +116,10 @@ def _sysctl_path(name: str) -> Path:
 
 
 def read_sysctls() -> dict[str, str]:
+    """SYSCTLS, and the forwarding flag of every interface there is (ip_forward sets them all)."""
     values = {}
-    for name in SYSCTLS:
+    interfaces = sorted(p.name for p in Path("/proc/sys/net/ipv4/conf").iterdir() if p.name not in ("all", "default"))
+    for name in SYSCTLS + [f"net/ipv4/conf/{i}/forwarding" for i in interfaces]:
         try:
             values[name] = _sysctl_path(name).read_text().strip()
         except OSError:
@@ -754,7 +759,7 @@ def down(root: Path) -> None:
     _delete_tables(node.chains)
     # 5. cgroups, kernel settings, host directories, the directory itself.
     _remove_cgroups(node.cgroups)
-    for name, value in node.sysctls.items():
+    for name, value in node.sysctls.items():  # ip_forward first: writing it resets the others
         try:
             if _sysctl_path(name).read_text().strip() != value:
                 _sysctl_path(name).write_text(value + "\n")

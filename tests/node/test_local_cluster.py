@@ -68,6 +68,18 @@ def _chains() -> dict[str, list[str]]:
     return {k: sorted(v) for k, v in local_node.iptables_chains().items()}
 
 
+def _sysctls() -> dict[str, str]:
+    """Kernel settings a node changes (tests/node.py's list) and every IPv4/IPv6 interface setting."""
+    values = dict(local_node.read_sysctls())
+    for family in ("ipv4", "ipv6"):
+        for path in sorted(Path(f"/proc/sys/net/{family}/conf").glob("*/*")):
+            try:
+                values[str(path)] = path.read_text().strip()
+            except OSError:
+                pass
+    return values
+
+
 def machine_state(root: Path) -> dict:
     """What a node could leave behind: processes, links, iptables chains and tables, mounts, host directories,
     cgroups, kernel settings."""
@@ -82,7 +94,7 @@ def machine_state(root: Path) -> dict:
         "host paths": {p: os.path.lexists(p) for p in HOST_PATHS},
         "cgroups": {h.name: sorted(c.name for c in h.iterdir() if c.is_dir())
                     for h in sorted(Path("/sys/fs/cgroup").iterdir()) if h.is_dir() and not h.is_symlink()},
-        "sysctls": local_node.read_sysctls(),
+        "sysctls": _sysctls(),
     }
 
 
