@@ -7,6 +7,7 @@ import bz2
 import os
 import subprocess
 import tempfile
+import threading
 from pathlib import Path
 
 import pytest
@@ -89,23 +90,18 @@ def cluster_up_steps() -> list[str]:
     return [line.split()[-1] for line in recipe.splitlines() if line.startswith("\t$(MAKE) --no-print-directory ")]
 
 
-class WebhookRemover:
-    """Deletes FAKE_NODE_WEBHOOKS as soon as an install creates them (a background thread polling the API)."""
+class Poller:
+    """Calls the subclass's `poll()` every `interval` seconds on a background thread while the `with` block runs."""
 
-    def __init__(self, cluster: local_kube.Cluster):
-        import threading
+    interval = 0.3
 
-        self.cluster, self.removed, self.stop = cluster, set(), threading.Event()
+    def __init__(self):
+        self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self):
-        while not self.stop.wait(0.3):
-            for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
-                names = self.cluster.kubectl("get", kind, "-o", "name", check=False).stdout.split()
-                for name in (n.split("/", 1)[1] for n in names):
-                    if (kind, name) in FAKE_NODE_WEBHOOKS:
-                        self.cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
-                        self.removed.add((kind, name))
+        while not self.stop.wait(self.interval):
+            self.poll()
 
     def __enter__(self):
         self.thread.start()
@@ -114,6 +110,22 @@ class WebhookRemover:
     def __exit__(self, *exc):
         self.stop.set()
         self.thread.join()
+
+
+class WebhookRemover(Poller):
+    """Deletes FAKE_NODE_WEBHOOKS as soon as an install creates them."""
+
+    def __init__(self, cluster: local_kube.Cluster):
+        super().__init__()
+        self.cluster, self.removed = cluster, set()
+
+    def poll(self):
+        for kind in ("validatingwebhookconfiguration", "mutatingwebhookconfiguration"):
+            names = self.cluster.kubectl("get", kind, "-o", "name", check=False).stdout.split()
+            for name in (n.split("/", 1)[1] for n in names):
+                if (kind, name) in FAKE_NODE_WEBHOOKS:
+                    self.cluster.kubectl("delete", kind, name, "--ignore-not-found", check=False)
+                    self.removed.add((kind, name))
 
 
 def missing_subcharts(chart: Path) -> list[str]:

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 
 import pytest
@@ -20,32 +19,25 @@ import pytest
 from pipeline import registry
 from pipeline.steps import deploy
 from pipeline.store import postgres
-from tests.apiserver.conftest import make
+from tests.apiserver.conftest import Poller, make
 from tests.conftest import REPO, settings_env
 
 NAMESPACE, NAME = "mlops", "titanic"
 
 
-class KServeStandIn:
+class KServeStandIn(Poller):
     """Stands in for KServe's controller (not runnable here): predictor Deployment + InferenceService status."""
 
+    interval = 0.2
+
     def __init__(self, kube, serves=lambda uri: True):
-        self.kube, self.serves, self.stop = kube, serves, threading.Event()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
+        self.kube, self.serves = kube, serves
 
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop.set()
-        self.thread.join()
-
-    def _run(self):
-        while not self.stop.wait(0.2):
-            got = self.kube.kubectl("-n", NAMESPACE, "get", "inferenceservice", NAME, "-o", "json", check=False)
-            if got.returncode == 0:
-                self.reconcile(json.loads(got.stdout))
+    def poll(self):
+        got = self.kube.kubectl("-n", NAMESPACE, "get", "inferenceservice", NAME, "-o", "json", check=False)
+        if got.returncode == 0:
+            self.reconcile(json.loads(got.stdout))
 
     def reconcile(self, isvc: dict) -> None:
         generation = isvc["metadata"]["generation"]
