@@ -782,6 +782,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.action == "down":
         down(root)
         return 0
+    def interrupted(signum, frame):  # `kill` of a half-started `up`: clean up like Ctrl-C does
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupted)
     node = up(root)
     for name, value in node.env().items():
         print(f"export {name}={value}")
