@@ -27,6 +27,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import requests
+
 from tests import kube
 from tests.services import free_port
 
@@ -371,6 +373,9 @@ def cni_config(node: Node) -> dict:
              "ipam": {"type": "host-local", "ranges": [[{"subnet": POD_CIDR, "gateway": GATEWAY}]],
                       "routes": [{"dst": "0.0.0.0/0"}], "dataDir": str(node.path / "cni-ipam")}},
             {"type": "portmap", "capabilities": {"portMappings": True}},
+            # ACCEPT rules for the pods' traffic in FORWARD: Docker, which may run beside (images are built
+            # with it), sets FORWARD's policy to DROP.
+            {"type": "firewall", "backend": "iptables"},
         ],
     }
 
@@ -536,6 +541,9 @@ def _check_host(node: Node) -> None:
         kube._bin(name)
     if _run("ip", "link", "show", BRIDGE, check=False).returncode == 0:
         raise RuntimeError(f"interface {BRIDGE} exists: another local cluster runs (make local-cluster-down)")
+    if routes := _run("ip", "-o", "route", "show", "match", GATEWAY).stdout.strip().splitlines():
+        if any(not r.startswith("default ") for r in routes):
+            raise RuntimeError(f"{POD_CIDR} is routed already ({routes}): the node's bridge needs it")
     if len(node.containerd_socket) > 100:
         raise RuntimeError(f"{node.containerd_socket} is too long for a unix socket: use a shorter --dir")
     leftovers = [c for chains in iptables_chains().values() for c in chains if c.startswith(CHAIN_PREFIXES)]
@@ -556,11 +564,11 @@ def up(root: Path, *, dns: bool = True) -> Node:
     """Start the control plane and the real node under `root`; with `dns`, wait for CoreDNS too."""
     start = time.monotonic()
     root = root.resolve()
-    root.mkdir(parents=True, exist_ok=True)
     if (root / STATE_FILE).exists():
         raise RuntimeError(f"a local cluster already runs in {root}; run `make local-cluster-down` first")
     node = Node(root=str(root), socket_dir=_socket_dir(root))
     _check_host(node)
+    root.mkdir(parents=True, exist_ok=True)
     node.created = [p for p in [*HOST_DIRS, node.socket_dir] if not os.path.lexists(p)]
     node.sysctls, node.chains, node.cgroups = read_sysctls(), iptables_chains(), kubepods_cgroups()
     node.save()
@@ -603,7 +611,7 @@ def up(root: Path, *, dns: bool = True) -> Node:
         kubelet = _start(node, "kubelet", [
             str(kube._bin("kubelet")), f"--config={kubelet_yaml}", f"--kubeconfig={root / 'kubelet.kubeconfig'}",
             f"--root-dir={root / 'kubelet'}", f"--hostname-override={NODE}", f"--node-ip={GATEWAY}",
-            f"--node-labels=ingress-ready=true,kubernetes.io/os=linux"])
+            "--node-labels=ingress-ready=true,kubernetes.io/os=linux"])
         kube._wait("node Ready", kubelet, lambda: node.kubectl(
             "get", "node", NODE, "-o", "jsonpath={.status.conditions[?(@.type=='Ready')].status}",
             check=False).stdout == "True", root / "kubelet.log", timeout=90)
@@ -615,7 +623,6 @@ def up(root: Path, *, dns: bool = True) -> Node:
         healthz = free_port()
         proxy_yaml.write_text(json.dumps(kube_proxy_config(node, healthz, free_port()), indent=1))
         proxy = _start(node, "kube-proxy", [str(kube._bin("kube-proxy")), f"--config={proxy_yaml}"])
-        import requests
         kube._wait("kube-proxy", proxy, lambda: requests.get(f"http://127.0.0.1:{healthz}/healthz", timeout=1).ok,
                    root / "kube-proxy.log", timeout=60)
         mark("kube-proxy")
