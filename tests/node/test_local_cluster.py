@@ -31,16 +31,17 @@ pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="a real node needs root"),
 ]
 
-# Processes of a node: what tests/node.py starts and what runs in its pods.
-NODE_EXECUTABLES = {"containerd", "containerd-shim-runc-v2", "kubelet", "kube-proxy", "coredns", "pause", "runc",
-                    "busybox", "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
+# Zombies are nobody's by command line: these names only a node's processes have (Docker, which may build
+# images beside, has containerd, shims and runc too).
+NODE_ONLY_COMMANDS = ("kubelet", "kube-proxy", "coredns", "pause")
 HOST_PATHS = ["/var/lib/kubelet", "/var/log/pods", "/var/log/containers", "/var/lib/cni", "/run/containerd",
               "/run/netns", "/var/run/nri", "/opt/containerd", "/etc/cni/net.d", "/opt/cni", "/etc/containerd"]
 
 
 def _processes(root: Path) -> list[str]:
-    """Processes that belong to a node: in a kubepods cgroup, named like its parts, or mentioning `root`.
-    Another suite's control plane (its own directory, not ours) does not count, unless it runs in a pod."""
+    """Processes that belong to the node: those mentioning `root` (every daemon, shim and runc call has its
+    directory in its arguments) and those in a kubepods cgroup (containers, pause). Other suites' control
+    planes and a Docker beside have their own directories and cgroups."""
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -48,7 +49,7 @@ def _processes(root: Path) -> list[str]:
         try:
             comm, state = re.match(r".*\((.*)\) (\S)", (proc / "stat").read_text()).groups()
             if state == "Z":  # a zombie: PID 1 of this machine reaps none, so one left now stays for good
-                if comm.startswith(tuple(n[:15] for n in NODE_EXECUTABLES)) or comm in ("sleep", "httpd", "sh"):
+                if comm in NODE_ONLY_COMMANDS:
                     found.append(f"{proc.name} zombie {comm}")
                 continue
             argv = (proc / "cmdline").read_bytes().decode(errors="replace").split("\0")
@@ -56,19 +57,23 @@ def _processes(root: Path) -> list[str]:
             exe = os.path.basename(os.readlink(proc / "exe"))
         except (OSError, AttributeError):
             continue
-        mine = str(root) in " ".join(argv)
-        in_pod = "kubepods" in cgroup
-        node_daemon = exe in NODE_EXECUTABLES - {"etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler"}
-        if mine or in_pod or node_daemon:
+        if str(root) in " ".join(argv) or "kubepods" in cgroup:
             found.append(f"{proc.name} {exe} {' '.join(argv)[:120]}")
     return sorted(found)
 
 
-def _chains() -> dict[str, list[str]]:
-    return {k: sorted(v) for k, v in local_node.iptables_chains().items()}
+# Docker may run beside this test on a developer's machine (images are built with it) and change the machine
+# meanwhile: its links, mounts, chains and cgroups are not the node's and are left out of the comparison.
+DOCKER_MOUNT = re.compile(r"/docker/|/buildkit/|^/var/lib/docker|^/run/docker")
 
 
-def _sysctls() -> dict[str, str]:
+def _docker_links(lines: list[str]) -> set[str]:
+    names = {line.split(":")[1].strip().split("@")[0]: line for line in lines}
+    return {n for n, line in names.items()
+            if n == "docker0" or n.startswith("br-") or re.search(r"master (docker0|br-)", line)}
+
+
+def _sysctls(foreign: set[str]) -> dict[str, str]:
     """Kernel settings a node changes (tests/node.py's list) and every IPv4/IPv6 interface setting."""
     values = dict(local_node.read_sysctls())
     for family in ("ipv4", "ipv6"):
@@ -77,24 +82,29 @@ def _sysctls() -> dict[str, str]:
                 values[str(path)] = path.read_text().strip()
             except OSError:
                 pass
-    return values
+    return {k: v for k, v in values.items() if not any(f"/conf/{i}/" in k for i in foreign)}
 
 
 def machine_state(root: Path) -> dict:
     """What a node could leave behind: processes, links, iptables chains and tables, mounts, host directories,
     cgroups, kernel settings."""
-    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True, check=True).stdout
+    links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True,
+                           check=True).stdout.splitlines()
+    foreign = _docker_links(links)
     nft = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True).stdout
+    mounts = [line for line in Path("/proc/mounts").read_text().splitlines()
+              if not DOCKER_MOUNT.search(line.split()[1])]
     return {
         "processes": _processes(root),
-        "links": sorted(line.split(":")[1].strip().split("@")[0] for line in links.splitlines()),
-        "iptables": _chains(),
+        "links": sorted({line.split(":")[1].strip().split("@")[0] for line in links} - foreign),
+        "iptables": {k: sorted(c for c in v if not c.startswith("DOCKER"))
+                     for k, v in local_node.iptables_chains().items()},
         "nft tables": sorted(nft.splitlines()),
-        "mounts": Path("/proc/mounts").read_text().splitlines(),
+        "mounts": mounts,
         "host paths": {p: os.path.lexists(p) for p in HOST_PATHS},
-        "cgroups": {h.name: sorted(c.name for c in h.iterdir() if c.is_dir())
+        "cgroups": {h.name: sorted(c.name for c in h.iterdir() if c.is_dir() and c.name != "docker")
                     for h in sorted(Path("/sys/fs/cgroup").iterdir()) if h.is_dir() and not h.is_symlink()},
-        "sysctls": _sysctls(),
+        "sysctls": _sysctls(foreign),
     }
 
 
