@@ -23,6 +23,14 @@ local-cluster-up: venv kube-tools node-tools node-deps ## Start the control plan
 local-cluster-down: ## Stop the cluster of local-cluster-up and remove all it made (processes, bridge, iptables chains, mounts, host dirs).
 	@[ ! -x $(PY) ] || $(PY) -m tests.node down --dir $(LOCAL_CLUSTER_DIR)
 
+.PHONY: local-cluster-load
+local-cluster-load: ## Copy the project images (LOAD_IMAGES, tag IMG_TAG) into the node's containerd (docker save | ctr import).
+	@mkdir -p $(CLUSTER_BUILD)
+	for img in $(LOAD_IMAGES); do \
+	  $(call docker-save,$$img:$(IMG_TAG),$(CLUSTER_BUILD)/$$img.tar); \
+	  $(PY) -m tests.node load --dir $(LOCAL_CLUSTER_DIR) $(CLUSTER_BUILD)/$$img.tar; \
+	  rm -f $(CLUSTER_BUILD)/$$img.tar; done
+
 .PHONY: test-node
 test-node: node-deps venv kube-tools node-tools ## Run tests/node (a real node up, pods, logs/exec, ClusterIP, DNS, then down leaves the machine as it was). Not part of `make test`.
 	TITANIC_NODE_TEST=1 $(VENV)/bin/pytest tests/node $(PYTEST_ARGS)

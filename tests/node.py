@@ -9,6 +9,7 @@ Needs root. Everything lives in one directory, except what the kubelet and the C
 and only what `up` made (the host's state before `up` is recorded in the state file):
 
     python -m tests.node up --dir .local-cluster     # prints `export KUBECONFIG=...` lines
+    python -m tests.node load --dir .local-cluster image.tar...   # `docker save` archives into containerd
     python -m tests.node down --dir .local-cluster
 """
 
@@ -780,14 +781,31 @@ def down(root: Path) -> None:
     shutil.rmtree(root, ignore_errors=True)
 
 
+def load(root: Path, archives: list[Path]) -> list[str]:
+    """Import image archives (`docker save` or OCI layout tars) into the node's containerd, where the kubelet
+    finds them (pods need `imagePullPolicy: IfNotPresent` or `Never`: no registry is reachable)."""
+    node = Node(**json.loads((root.resolve() / STATE_FILE).read_text()))
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(os.uname().machine, os.uname().machine)
+    names = []
+    for archive in archives:
+        out = node.ctr("images", "import", "--platform", f"linux/{arch}", str(archive)).stdout
+        names += [line.split()[0] for line in out.splitlines() if line.split()[1:2] == ["saved"]]
+    return names
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("action", choices=["up", "down"])
+    parser.add_argument("action", choices=["up", "down", "load"])
     parser.add_argument("--dir", default=".local-cluster", help="directory for certificates, data, images and logs")
-    args = parser.parse_args(argv)
+    parser.add_argument("archives", nargs="*", type=Path, help="load: image tars (docker save) to import")
+    args = parser.parse_intermixed_args(argv)
     root = Path(args.dir).resolve()
     if args.action == "down":
         down(root)
+        return 0
+    if args.action == "load":
+        for name in load(root, args.archives):
+            print(f"loaded {name}", file=sys.stderr)
         return 0
     def interrupted(signum, frame):  # `kill` of a half-started `up`: clean up like Ctrl-C does
         raise KeyboardInterrupt(f"signal {signum}")

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -260,6 +261,22 @@ def test_coredns_resolves_service_names(cluster, pods):
     assert pods["cluster_ip"] in answer, answer
     # the short name through the pod's search path (resolv.conf written by the kubelet)
     assert http_get(cluster, "web") == "hello from a real node\n"
+
+
+def test_load_imports_an_image_archive(cluster, pods):
+    """`python -m tests.node load` (what `make local-cluster-load` calls with `docker save` archives)."""
+    archive = cluster["root"] / "echo.tar"
+    subprocess.run([sys.executable, "-m", "hack.local_image", "--out", str(archive), "--tag",
+                    "localhost/titanic/echo:1", "--file", "/bin/busybox:/bin/busybox", "--user", "1000:1000",
+                    "--entrypoint", "/bin/busybox", "echo", "--cmd", "loaded into containerd"], cwd=REPO, check=True)
+    subprocess.run([sys.executable, "-m", "tests.node", "load", "--dir", str(cluster["root"]), str(archive)],
+                   cwd=REPO, check=True, capture_output=True)
+    pod = _pod("echo", [], restartPolicy="Never")
+    del pod["spec"]["containers"][0]["command"]  # the image's entrypoint and cmd
+    pod["spec"]["containers"][0]["image"] = "localhost/titanic/echo:1"
+    kubectl(cluster, "apply", "-f", "-", input=json.dumps(pod))
+    kubectl(cluster, "-n", NAMESPACE, "wait", "--for=jsonpath={.status.phase}=Succeeded", "pod/echo", "--timeout=60s")
+    assert kubectl(cluster, "-n", NAMESPACE, "logs", "echo").stdout == "loaded into containerd\n"
 
 
 def test_memory(cluster, pods):
