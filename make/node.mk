@@ -39,7 +39,7 @@ test-node: node-deps venv kube-tools node-tools ## Run tests/node (a real node u
 node-tools: node-kube-bins containerd coredns pause ## Build the node's binaries into ./bin (kubelet, kube-proxy, containerd $(CONTAINERD_VERSION), CoreDNS $(COREDNS_VERSION), pause $(PAUSE_VERSION)), only what is missing.
 
 .PHONY: node-deps
-node-deps: ## Install the node's missing Debian packages with apt (runc, CNI plugins, conntrack, socat, iptables, busybox-static).
+node-deps: ## Install the node's missing Debian packages with apt (runc, CNI plugins, conntrack, socat, iptables, nftables, busybox-static).
 	@missing=""; for p in $(NODE_DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	sudo=$$([ "$$(id -u)" = 0 ] || echo sudo); \
 	if [ -n "$$missing" ]; then echo "apt-get install$$missing" >&2; \
