@@ -78,7 +78,7 @@ train-local: venv ## Run migrate -> ingest -> features -> train -> evaluate -> d
 
 .PHONY: test
 test: system-deps venv airflow-venv tools kube-tools ## Run the whole test suite against real local services (started and stopped by the tests).
-	$(VENV)/bin/pytest tests --ignore=tests/dags --ignore=tests/node $(PYTEST_ARGS)  # tests/node: make test-node
+	$(VENV)/bin/pytest tests --ignore=tests/dags --ignore=tests/node --ignore=tests/images/test_built_images.py $(PYTEST_ARGS)  # make test-node, make test-images
 	$(AIRFLOW_VENV)/bin/pytest tests/dags -p no:cacheprovider --confcutdir=tests/dags $(PYTEST_ARGS)  # tests/conftest.py needs the main venv
 
 .PHONY: bench

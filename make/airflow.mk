@@ -9,6 +9,7 @@ TRAIN_TIMEOUT ?= 3600## seconds `make train` follows a run before giving up
 TRAIN_POLL ?= 15## seconds between two state checks of the run
 TRAIN_REQUIRE_DEPLOY ?=## non-empty: a run whose model the quality gate rejects fails (first-model: nothing to wait for)
 DOCKER ?= docker## container image builder
+AIRFLOW_BASE_IMAGE ?= apache/airflow:$(AIRFLOW_VERSION)## base of titanic-airflow (`make images` passes a local stand-in when it cannot be pulled)
 
 # The Airflow CLI inside the scheduler: no port-forward and no credentials needed.
 AIRFLOW_CLI = $(KUBECTL) -n $(AIRFLOW_NAMESPACE) exec $(AIRFLOW_SCHEDULER) -c scheduler -- airflow
@@ -17,13 +18,13 @@ AIRFLOW_CLI = $(KUBECTL) -n $(AIRFLOW_NAMESPACE) exec $(AIRFLOW_SCHEDULER) -c sc
 
 .PHONY: pipeline-image
 pipeline-image: ## Build titanic-pipeline:$(IMG_TAG), the image of the step pods.
-	$(DOCKER) build -f images/pipeline/Dockerfile -t titanic-pipeline:$(IMG_TAG) \
+	$(DOCKER_BUILD) -f images/pipeline/Dockerfile -t titanic-pipeline:$(IMG_TAG) \
 	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) .
 
 .PHONY: airflow-image
 airflow-image: ## Build titanic-airflow:$(IMG_TAG): official Airflow + pinned cncf-kubernetes provider + dags/.
-	$(DOCKER) build -f images/airflow/Dockerfile -t titanic-airflow:$(IMG_TAG) \
-	  --build-arg AIRFLOW_VERSION=$(AIRFLOW_VERSION) \
+	$(DOCKER_BUILD) -f images/airflow/Dockerfile -t titanic-airflow:$(IMG_TAG) \
+	  --build-arg AIRFLOW_BASE_IMAGE=$(AIRFLOW_BASE_IMAGE) --build-arg AIRFLOW_VERSION=$(AIRFLOW_VERSION) \
 	  --build-arg AIRFLOW_PROVIDER_CNCF_K8S_VERSION=$(AIRFLOW_PROVIDER_CNCF_K8S_VERSION) \
 	  --build-arg IMG_TAG=$(IMG_TAG) .
 

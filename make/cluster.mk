@@ -195,11 +195,12 @@ airflow-install: ## Install Airflow (official chart, LocalExecutor, the titanic-
 ##@ Deploy
 
 .PHONY: images
-images: ## Build the project images (pipeline, model server, web app, Airflow) tagged $(IMG_TAG).
-	$(MAKE) --no-print-directory pipeline-image
-	$(MAKE) --no-print-directory model-server-image
-	$(MAKE) --no-print-directory webapp-image
-	$(MAKE) --no-print-directory airflow-image
+images: ## Build the project images (pipeline, model server, web app, Airflow) tagged $(IMG_TAG), from the base images of base-images.
+	@mkdir -p $(dir $(BASE_IMAGES_RESOLVED)) && $(resolve-base-images) > $(BASE_IMAGES_RESOLVED) && sed 's/^/base image: /' $(BASE_IMAGES_RESOLVED)
+	$(MAKE) --no-print-directory pipeline-image BASE_IMAGES_FILE=$(BASE_IMAGES_RESOLVED)
+	$(MAKE) --no-print-directory model-server-image BASE_IMAGES_FILE=$(BASE_IMAGES_RESOLVED)
+	$(MAKE) --no-print-directory webapp-image BASE_IMAGES_FILE=$(BASE_IMAGES_RESOLVED)
+	$(MAKE) --no-print-directory airflow-image BASE_IMAGES_FILE=$(BASE_IMAGES_RESOLVED)
 
 LOAD_IMAGES ?= $(PROJECT_IMAGES)## images `make load` copies into the kind node
 # docker save IMAGE FILE: --platform (one platform of a multi-platform store) needs daemon API >= 1.48; older

@@ -8,7 +8,7 @@ TRANSFORMER_PORT ?= 8080## port of the local transformer (= KSERVE_URL of the we
 
 .PHONY: model-server-image
 model-server-image: ## Build titanic-model-server:$(IMG_TAG), one image for the predictor and the transformer.
-	$(DOCKER) build -f images/model-server/Dockerfile -t titanic-model-server:$(IMG_TAG) \
+	$(DOCKER_BUILD) -f images/model-server/Dockerfile -t titanic-model-server:$(IMG_TAG) \
 	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) .
 
 .PHONY: serve-local

@@ -36,5 +36,5 @@ DOCKER ?= docker## container image builder
 
 .PHONY: webapp-image
 webapp-image: ## Build titanic-webapp:$(IMG_TAG): gunicorn + the app, Tailwind CSS compiled in a node stage.
-	$(DOCKER) build -f images/webapp/Dockerfile -t titanic-webapp:$(IMG_TAG) \
+	$(DOCKER_BUILD) -f images/webapp/Dockerfile -t titanic-webapp:$(IMG_TAG) \
 	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) --build-arg NODE_IMAGE=$(NODE_IMAGE) .
