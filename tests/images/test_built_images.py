@@ -293,8 +293,14 @@ def _engine_state(root: Path) -> dict:
     }
 
 
-@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/sbin/dockerd").exists() or not shutil.which("busybox"),
-                    reason="needs root, Debian's dockerd (make image-deps) and busybox (a container to run)")
+MISSING_FOR_PRIVATE_ENGINE = [what for what, ok in (
+    ("root", os.geteuid() == 0),
+    ("Debian's dockerd /usr/sbin/dockerd (make image-deps)", Path("/usr/sbin/dockerd").exists()),
+    ("busybox, the one binary of the container it runs (apt-get install busybox-static)", shutil.which("busybox")),
+) if not ok]
+
+
+@pytest.mark.skipif(bool(MISSING_FOR_PRIVATE_ENGINE), reason=f"needs {', '.join(MISSING_FOR_PRIVATE_ENGINE)}")
 def test_private_engine_leaves_the_machine_as_it_was():
     root = Path(tempfile.mkdtemp(prefix="titanic-docker-"))
     root.rmdir()

@@ -225,3 +225,7 @@ def test_builds_get_buildkit_and_the_ca_secret_only_when_there_is_a_bundle(tmp_p
         assert line.startswith("DOCKER_BUILDKIT=1 docker build ")
         assert f"--secret id=ca,src={bundle}" in line and "--network host" in line
     assert "--secret" not in run("BUILD_CA_BUNDLE=")
+    # every image target builds with the engine DOCKER names (a private one: hack/local-docker.sh)
+    private = run("DOCKER=/usr/bin/docker -H unix:///x/docker.sock")
+    assert [line.split(" build ")[0] for line in private.splitlines() if " build " in line] == \
+        ["DOCKER_BUILDKIT=1 /usr/bin/docker -H unix:///x/docker.sock"] * 4
