@@ -26,6 +26,9 @@ client=(/usr/bin/docker -H "unix://$sock")
 # The parent cgroup of its containers, one per DIR: `down` removes it, and another engine's stays.
 CGROUP_PARENT=titanic-docker-$(printf %s "$dir" | sha256sum | cut -c1-8)
 
+# Outside DIR, parents before children (see up).
+HOST_PATHS=(/run/docker /run/docker/plugins /etc/docker /etc/docker/key.json /run/containerd /run/containerd/s)
+
 die() { echo "local-docker: $*" >&2; exit 1; }
 
 answers() { "${client[@]}" version >/dev/null 2>&1; }
@@ -56,10 +59,12 @@ up() {
   [ -z "$(own_pids)" ] || die "a dockerd of $dir runs but does not answer; run: $0 down $dir"
   mkdir -p "$dir/data" "$dir/run"
   echo '{}' > "$dir/daemon.json"  # not /etc/docker/daemon.json: the machine's own settings stay out of it
-  # Two paths dockerd 20.10 uses whatever its roots: /run/docker/plugins (plugin discovery) and /etc/docker/key.json
-  # (the daemon's ID key). `down` removes them unless they were there before.
-  [ -e /run/docker ] || touch "$dir/made-run-docker"
-  [ -e /etc/docker/key.json ] || touch "$dir/made-key-json"
+  # Paths dockerd 20.10 and its containerd 1.6 use whatever their roots: /run/docker/plugins (plugin discovery),
+  # /etc/docker/key.json (the daemon's ID key), /run/containerd/s (the shims' sockets). `down` removes those that
+  # were not there before (directories only when empty: another containerd's shims use /run/containerd/s too).
+  local path
+  : > "$dir/made-paths"
+  for path in "${HOST_PATHS[@]}"; do [ -e "$path" ] || echo "$path" >> "$dir/made-paths"; done
   # tini -s: a subreaper, so the containerd shims this engine leaves orphaned are reaped by it, not by PID 1.
   # PATH: Debian's containerd 1.6 and runc, never a containerd of ./bin (the real node's 2.x).
   PATH=/usr/sbin:/usr/bin:/sbin:/bin setsid /usr/bin/tini -s -- /usr/sbin/dockerd \
@@ -105,11 +110,14 @@ down() {
     find "$cg" -depth -type d -exec rmdir {} + 2>/dev/null || true
     [ ! -d "$cg" ] || echo "local-docker: $cg still exists (a process is still in it?)" >&2
   done
-  if [ -f "$dir/made-run-docker" ] && [ -d /run/docker ]; then
-    rmdir /run/docker/plugins /run/docker 2>/dev/null || echo "local-docker: /run/docker is not empty: kept" >&2
+  local path
+  if [ -f "$dir/made-paths" ]; then
+    for path in $(tac "$dir/made-paths"); do  # children before parents
+      if [ -d "$path" ]; then rmdir "$path" 2>/dev/null || echo "local-docker: $path is not empty: kept" >&2
+      else rm -f "$path"; fi
+    done
   fi
-  [ ! -f "$dir/made-key-json" ] || rm -f /etc/docker/key.json
-  rm -rf "$dir/run" "$sock" "$dir/docker.pid" "$dir/tini.pid" "$dir/daemon.json" "$dir/made-run-docker" "$dir/made-key-json"
+  rm -rf "$dir/run" "$sock" "$dir/docker.pid" "$dir/tini.pid" "$dir/daemon.json" "$dir/made-paths"
   [ -z "$(own_pids)" ] && [ -z "$(own_mounts)" ] || die "could not stop everything of $dir"
 }
 

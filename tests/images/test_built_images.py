@@ -284,8 +284,8 @@ def _engine_state(root: Path) -> dict:
         "processes": procs,
         "mounts": mounts,
         "cgroups": sorted(str(p) for p in Path("/sys/fs/cgroup").glob(f"**/{_cgroup_parent(root)}")),
-        "files": {p: os.path.exists(p) for p in ("/etc/docker/key.json", "/run/docker", "/var/lib/docker",
-                                                   "/var/run/docker.sock", "/run/containerd")},
+        "files": {p: os.path.exists(p) for p in ("/etc/docker", "/etc/docker/key.json", "/run/docker", "/var/lib/docker",
+                                                   "/var/run/docker.sock", "/run/containerd", "/run/containerd/s")},
         "links": sorted(re.findall(r"^\d+: (docker\w*|br-\w+)[@:]", subprocess.run(
             ["ip", "-o", "link"], capture_output=True, text=True).stdout, re.M)),
         "docker chains": sorted(set(re.findall(r"^:(DOCKER[\w-]*)", chains, re.M))),
