@@ -1,6 +1,7 @@
 """`make services-up` / `services-down` for a person: export lines only, real servers, clean stop."""
 
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,7 +17,8 @@ from tests.conftest import REPO, VERSITYGW
 
 
 def test_services_up_prints_only_exports_and_down_stops_everything():
-    root = Path(tempfile.mkdtemp(prefix="titanic-svc-test-")) / "svc"
+    parent = Path(tempfile.mkdtemp(prefix="titanic-svc-test-"))
+    root = parent / "svc"
     up = subprocess.run([sys.executable, "-m", "tests.services", "up", "--dir", str(root), "--versitygw", VERSITYGW],
                         cwd=REPO, capture_output=True, text=True, timeout=120)
     assert up.returncode == 0, up.stderr
@@ -38,6 +40,7 @@ def test_services_up_prints_only_exports_and_down_stops_everything():
         assert again.returncode != 0 and "already running" in again.stderr
     finally:
         subprocess.run([sys.executable, "-m", "tests.services", "down", "--dir", str(root)], cwd=REPO, check=True)
+        shutil.rmtree(parent, ignore_errors=True)  # leave /tmp as the test found it
     assert not root.exists()
     ports = [int(env["S3_ENDPOINT"].rsplit(":", 1)[1]), int(env["REDIS_URL"].split(":")[2].split("/")[0]),
              int(env["DATABASE_URL"].rsplit(":", 1)[1].split("/")[0])]

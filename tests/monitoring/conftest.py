@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -20,6 +21,7 @@ def airflow():
     server, proc = airflow_server.start(home)
     yield server
     airflow_server.stop(proc)
+    shutil.rmtree(home, ignore_errors=True)  # leave /tmp as the session found it
 
 
 @pytest.fixture
