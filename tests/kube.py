@@ -24,6 +24,7 @@ from pathlib import Path
 
 import requests
 
+from tests.charts.helm import versions
 from tests.services import free_port
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,12 +68,6 @@ def _bin(name: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{path} is missing: run `make kube-tools` (builds the pinned Kubernetes binaries)")
     return path
-
-
-def _versions() -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (REPO / "versions.env").read_text().splitlines()
-             if "=" in line and not line.startswith("#"))
-    return {k: v for k, v in pairs}
 
 
 # --- PKI (openssl: one CA signs the serving cert and every client cert) -------------------------------------
@@ -130,8 +125,8 @@ def write_kubeconfig(path: Path, server: str, pki: Path, user: str) -> None:
 # --- processes ----------------------------------------------------------------------------------------------
 
 def _env() -> dict[str, str]:
-    """The environment without proxy settings: the API server calls webhooks and kubelets directly, and a
-    machine's HTTPS proxy would intercept those calls (seen here: webhook TLS answered by the proxy)."""
+    """The environment without proxy settings: the API server calls webhooks and kubelets directly, never
+    through a laptop's HTTPS_PROXY (which Go's HTTP client would otherwise honour for those calls)."""
     return {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
 
 
@@ -162,7 +157,7 @@ def _wait(what: str, proc: subprocess.Popen | None, ready, log: Path, timeout: f
 
 def _kwok_stages(root: Path) -> Path:
     """kwok's own stage files, from the module cache of the pinned kwok (the binary ships none)."""
-    version = _versions()["KWOK_VERSION"]
+    version = versions()["KWOK_VERSION"]
     out = subprocess.run(["go", "mod", "download", "-json", f"{KWOK_MODULE}@{version}"], capture_output=True,
                          text=True, check=True, cwd=root).stdout
     stage_dir = Path(json.loads(out)["Dir"]) / "kustomize" / "stage"
@@ -181,7 +176,7 @@ def fake_node(name: str = NODE) -> dict:
                                 "kubernetes.io/arch": "amd64", "node-role.kubernetes.io/control-plane": "",
                                 "ingress-ready": "true", "type": "kwok"}},
         "status": {"capacity": resources, "allocatable": resources,
-                   "nodeInfo": {"kubeletVersion": "v" + _versions()["KUBE_VERSION"], "architecture": "amd64",
+                   "nodeInfo": {"kubeletVersion": "v" + versions()["KUBE_VERSION"], "architecture": "amd64",
                                 "operatingSystem": "linux"}},
     }
 

@@ -31,6 +31,7 @@ from pathlib import Path
 import requests
 
 from tests import kube
+from tests.charts.helm import versions
 from tests.services import free_port
 
 STATE_FILE = "node.json"
@@ -306,12 +307,9 @@ def memory_rss(node: Node) -> dict[str, int]:
 
 # --- configuration -----------------------------------------------------------------------------------------
 
-def _versions() -> dict[str, str]:
-    return kube._versions()
-
 
 def image_names() -> dict[str, str]:
-    v = _versions()
+    v = versions()
     return {"pause": PAUSE_IMAGE.format(**v), "coredns": COREDNS_IMAGE.format(**v), "busybox": BUSYBOX_IMAGE}
 
 

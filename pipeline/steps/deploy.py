@@ -67,7 +67,7 @@ def run(
     result = {"version": version, "target": target, "storage_uri": uri, "previous_uri": None}
     if target == "cluster":
         if api is None:
-            api, apps = custom_objects_api(), apps_api()
+            api, apps = kube_apis()
         if serving_check == "http":
             serving_check = functools.partial(answered_version, settings)
         isvc = InferenceService(api, namespace, settings.model_name, request_timeout=settings.kube_request_timeout,
@@ -234,12 +234,14 @@ class InferenceService:
             _request_timeout=self.request_timeout,
         )
 
-    def set_uri(self, path: str, expected: str | None, uri: str | None, env: list | None = None) -> dict:
+    def set_uri(self, path: str, expected: str | None, uri: str | None, env: list | None = None, *,
+                current: dict | None = None) -> dict:
         """JSON patch guarded by a `test`: only this field (and the model's env: its hash) changes, and only if
-        nobody changed it meanwhile (else 422). `expected`/`uri` None: the field is absent before/after."""
+        nobody changed it meanwhile (else 422). `expected`/`uri` None: the field is absent before/after.
+        `current`: the InferenceService as the caller read it (else read now), for the guard of an absent field."""
         parent = path.rsplit("/", 1)[0]
         if expected is None:  # `test` cannot name an absent field: test the object that would hold it
-            ops = [{"op": "test", "path": parent, "value": _at(self.get() or {}, parent)}]
+            ops = [{"op": "test", "path": parent, "value": _at(current or self.get() or {}, parent)}]
         else:
             ops = [{"op": "test", "path": path, "value": expected}]
         ops.append({"op": "add", "path": path, "value": uri} if uri is not None else {"op": "remove", "path": path})
@@ -262,7 +264,7 @@ class InferenceService:
             previous_env = (current["spec"]["predictor"].get("model") or {}).get("env", [])
             if previous != uri:
                 logger.info("patching InferenceService %s/%s: %s -> %s", self.namespace, self.name, previous, uri)
-                current = self.set_uri(path, previous, uri, _model_env(sha256).get("env", []))
+                current = self.set_uri(path, previous, uri, _model_env(sha256).get("env", []), current=current)
         try:
             failure = self.wait_ready(uri, version, current["metadata"].get("generation", 0), timeout, poll_interval)
         except Exception as exc:  # an API or network error while waiting: the outcome is unknown, so undo
@@ -370,15 +372,13 @@ def _load_config(kubeconfig: str | None = None) -> None:
     config.load_kube_config(config_file=kubeconfig)
 
 
+def kube_apis(kubeconfig: str | None = None):
+    """(CustomObjectsApi, AppsV1Api) on one loaded configuration."""
+    from kubernetes import client
+
+    _load_config(kubeconfig)
+    return client.CustomObjectsApi(), client.AppsV1Api()
+
+
 def custom_objects_api(kubeconfig: str | None = None):
-    from kubernetes import client
-
-    _load_config(kubeconfig)
-    return client.CustomObjectsApi()
-
-
-def apps_api(kubeconfig: str | None = None):
-    from kubernetes import client
-
-    _load_config(kubeconfig)
-    return client.AppsV1Api()
+    return kube_apis(kubeconfig)[0]

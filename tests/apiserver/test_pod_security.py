@@ -66,7 +66,7 @@ def _isvc_pod(isvc: dict, component: str, storage: dict, runtimes: dict) -> dict
     """The pod KServe (Standard mode) makes of one component: the component's pod fields (a model runs its
     ServingRuntime's container), and for the predictor the storage initializer of the ClusterStorageContainer
     `default`, injected as KServe's pod mutator does."""
-    spec = {k: v for k, v in chart_helm._kserve_pod(isvc["spec"][component], runtimes).items()
+    spec = {k: v for k, v in chart_helm.kserve_pod(isvc["spec"][component], runtimes).items()
             if k not in ("minReplicas", "maxReplicas", "scaleTarget", "scaleMetric", "logger", "batcher")}
     if component == "predictor":
         init = {**storage["spec"]["container"], "args": ["s3://models/titanic/v1", "/mnt/models"],

@@ -159,11 +159,11 @@ def pod_specs(objects: list[dict]) -> list[tuple[str, dict]]:
         elif kind == "InferenceService":
             for component in ("predictor", "transformer"):
                 if component in o["spec"]:
-                    specs.append((f"InferenceService/{name}/{component}", _kserve_pod(o["spec"][component], runtimes)))
+                    specs.append((f"InferenceService/{name}/{component}", kserve_pod(o["spec"][component], runtimes)))
     return specs
 
 
-def _kserve_pod(component: dict, runtimes: dict) -> dict:
+def kserve_pod(component: dict, runtimes: dict) -> dict:
     """A component's pod as KServe builds it: a `model` runs its ServingRuntime's container, with the model's
     own container fields (resources, env) merged over it."""
     if "model" not in component:

@@ -21,6 +21,7 @@ import pytest
 import requests
 
 from tests import node as local_node
+from tests.charts.helm import versions
 
 REPO = Path(__file__).resolve().parents[2]
 NAMESPACE = "node-test"
@@ -146,8 +147,8 @@ def test_the_node_is_real_and_ready(cluster):
     ready = {c["type"]: c["status"] for c in node["status"]["conditions"]}
     assert ready["Ready"] == "True"
     info = node["status"]["nodeInfo"]
-    assert info["kubeletVersion"] == "v" + local_node._versions()["KUBE_VERSION"]
-    assert info["containerRuntimeVersion"].startswith("containerd://" + local_node._versions()["CONTAINERD_VERSION"][1:])
+    assert info["kubeletVersion"] == "v" + versions()["KUBE_VERSION"]
+    assert info["containerRuntimeVersion"].startswith("containerd://" + versions()["CONTAINERD_VERSION"][1:])
     assert {"type": "InternalIP", "address": local_node.GATEWAY} in node["status"]["addresses"]
     assert "node-role.kubernetes.io/control-plane" in node["metadata"]["labels"]
     assert "kwok.x-k8s.io/node" not in node["metadata"].get("annotations", {})
