@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.environment import isolated_settings
+from bench.environment import isolated_settings, run_clients
 from pipeline import features, schema
 from pipeline.serving import artifacts
 from pipeline.serving.onnx_export import build_runner
@@ -112,9 +112,9 @@ def _latency(url: str, path: str, bodies: list[bytes]) -> dict:
 
 
 def _throughput(url: str, path: str, bodies: list[bytes]) -> dict:
-    done, errors, stop = [0] * CLIENTS, [0] * CLIENTS, threading.Event()
+    done, errors = [0] * CLIENTS, [0] * CLIENTS
 
-    def work(k: int) -> None:
+    def work(k: int, stop: threading.Event) -> None:
         client = _Client(url)
         i = k
         while not stop.is_set():
@@ -124,15 +124,7 @@ def _throughput(url: str, path: str, bodies: list[bytes]) -> dict:
                 errors[k] += 1
             i += CLIENTS
 
-    threads = [threading.Thread(target=work, args=(k,)) for k in range(CLIENTS)]
-    started = time.perf_counter()
-    for t in threads:
-        t.start()
-    time.sleep(THROUGHPUT_SECONDS)
-    stop.set()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - started
+    elapsed = run_clients(CLIENTS, work, THROUGHPUT_SECONDS)
     return {"predictions_per_s": round(sum(done) / elapsed, 1), "errors": sum(errors), "clients": CLIENTS}
 
 

@@ -5,7 +5,9 @@ the pipeline image, in namespace `mlops` under the `titanic-pipeline` service ac
 identifiers through XCom (batch id -> feature-set version -> model version), never data.
 Configuration comes from ConfigMap `titanic-config` and Secret `titanic-secrets`.
 A rejected model makes `evaluate` exit with `EXIT_MODEL_REJECTED`, which marks it skipped, so
-`deploy` is skipped rather than failed.
+`deploy` is skipped rather than failed. Retries follow the step's exit code (pipeline/errors.py): a
+refused input, wrong arguments or refused credentials fail the task at once; a service that is
+unreachable or timing out, an unexpected error or a killed pod are retried with backoff.
 
 Every step has an `execution_timeout`: with `max_active_runs=1` a hung step would block every
 later run. Params are checked against a JSON schema when a run is created, and each param that
@@ -21,6 +23,7 @@ from datetime import timedelta
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
 from airflow.sdk import DAG, Param
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 from kubernetes.client import models as k8s
 
 # The image is set in one place: the Airflow image bakes TITANIC_PIPELINE_IMAGE from make's IMG_TAG (the
@@ -30,8 +33,15 @@ NAMESPACE = "mlops"
 SERVICE_ACCOUNT = "titanic-pipeline"
 CONFIG_MAP = "titanic-config"
 SECRET = "titanic-secrets"
-# pipeline.errors.EXIT_MODEL_REJECTED; a DAG file must not import project code (tests compare both).
+# Exit codes of `python -m pipeline <step>` from pipeline/errors.py; a DAG file must not import project code
+# (tests compare both). Those a retry cannot cure fail the task at once; every other failure (75: a service
+# unreachable or timing out, 70: unexpected, 128+N: killed) takes the task's retries.
+EXIT_REFUSED = 1
+EXIT_USAGE = 2
+EXIT_CREDENTIALS = 77
 EXIT_MODEL_REJECTED = 99
+NOT_RETRIED = {EXIT_REFUSED: "the step refused its input or the state it found", EXIT_USAGE: "wrong arguments",
+               EXIT_CREDENTIALS: "a service refused the credentials"}
 
 # Requests keep the laptop cluster schedulable; limits stop one step from starving the rest.
 RESOURCES = {
@@ -71,8 +81,16 @@ CONTAINER_SECURITY = k8s.V1SecurityContext(
 )
 
 
+def exit_code(pod: k8s.V1Pod | None, container: str) -> int | None:
+    """The exit code of a terminated `container` of `pod`, None while it has none."""
+    for status in (pod and pod.status and pod.status.container_statuses) or []:
+        if status.name == container and status.state and status.state.terminated:
+            return status.state.terminated.exit_code
+    return None
+
+
 class PipelinePodOperator(KubernetesPodOperator):
-    """KubernetesPodOperator whose XCom sidecar runs the step's own image.
+    """KubernetesPodOperator whose XCom sidecar runs the step's own image, and whose retries follow exit codes.
 
     The provider's default sidecar is `alpine` from Docker Hub: the one image of a step that kind
     has not preloaded (`kind load`), so an offline cluster fails the first step on ImagePullBackOff.
@@ -88,6 +106,18 @@ class PipelinePodOperator(KubernetesPodOperator):
                 container.image, container.image_pull_policy = self.image, self.image_pull_policy
                 container.resources = XCOM_SIDECAR_RESOURCES
         return pod
+
+    def cleanup(self, pod, remote_pod, xcom_result=None, context=None):
+        """The provider's cleanup (it raises for a failed pod); an exit code of NOT_RETRIED fails the task at once."""
+        try:
+            super().cleanup(pod, remote_pod, xcom_result=xcom_result, context=context)
+        except AirflowSkipException:
+            raise
+        except AirflowException as exc:
+            code = exit_code(remote_pod, self.base_container_name)
+            if code in NOT_RETRIED:  # the provider has no exit-code-to-retry option; AirflowFailException skips retries
+                raise AirflowFailException(f"exit code {code}, {NOT_RETRIED[code]}: not retried. {exc}") from exc
+            raise
 
 
 def pipeline_step(step: str, arguments: list[str], **kwargs) -> KubernetesPodOperator:
@@ -116,7 +146,8 @@ def pipeline_step(step: str, arguments: list[str], **kwargs) -> KubernetesPodOpe
         volumes=[k8s.V1Volume(name="tmp", empty_dir=k8s.V1EmptyDirVolumeSource(size_limit="512Mi"))],
         volume_mounts=[k8s.V1VolumeMount(name="tmp", mount_path="/tmp")],
         labels={"app.kubernetes.io/name": "titanic-pipeline", "app.kubernetes.io/component": step},
-        in_cluster=True,
+        # No in_cluster: the provider tries the pod's service account first, then the `kubernetes_default`
+        # connection or KUBECONFIG (Airflow outside the cluster, e.g. `make local-platform-up`).
         get_logs=True,
         log_events_on_failure=True,
         do_xcom_push=True,  # the step writes its JSON result to /airflow/xcom/return.json
@@ -159,6 +190,10 @@ with DAG(
         "min_accuracy": Param(
             0.78, type="number", minimum=0, maximum=1, description="Hold-out accuracy a model needs to deploy."
         ),
+        "group_features": Param(
+            True, type="boolean",
+            description="Train with the group features (fellow travellers' survival, leave-one-out in each fold).",
+        ),
     },
 ) as dag:
     # An empty param falls back to the pod's own environment: Kubernetes expands $(VAR) in args.
@@ -180,6 +215,12 @@ with DAG(
             "{{ ti.xcom_pull(task_ids='features')['feature_set'] }}",
             "--n-jobs",  # the default (all CPUs) would count the node's CPUs, not the pod's limit
             RESOURCES["train"][2],
+            # lineage: the relay's record of this run id names the alert that started it
+            "--run-id",
+            "{{ run_id | replace('$', '$$') }}",
+            "--trigger",
+            "{{ dag_run.run_type }}",
+            "{{ '--group-features' if params.group_features else '--no-group-features' }}",
         ],
     )
     evaluate = pipeline_step(

@@ -19,7 +19,7 @@ AIRFLOW_CLI = $(KUBECTL) -n $(AIRFLOW_NAMESPACE) exec $(AIRFLOW_SCHEDULER) -c sc
 .PHONY: pipeline-image
 pipeline-image: ## Build titanic-pipeline:$(IMG_TAG), the image of the step pods.
 	$(DOCKER_BUILD) -f images/pipeline/Dockerfile -t titanic-pipeline:$(IMG_TAG) \
-	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) .
+	  --build-arg PYTHON_BASE_IMAGE=$(PYTHON_BASE_IMAGE) --build-arg GIT_COMMIT=$(IMG_TAG) .
 
 .PHONY: airflow-image
 airflow-image: ## Build titanic-airflow:$(IMG_TAG): official Airflow + pinned cncf-kubernetes provider + dags/.

@@ -13,6 +13,7 @@ S3_CONSOLE_PORT ?= 8333## local port of `make s3-console`
 DEPLOY_ARGS ?=## extra arguments for the chart's helm upgrade, e.g. DEPLOY_ARGS='--set webapp.replicas=2'
 
 CHARTS_DIR ?=## a folder of unpacked upstream charts (<name>/Chart.yaml) to install instead of their repositories (offline tests)
+CHART_MIRROR ?=## one Helm repository URL serving every upstream chart under its own name, for `upstream-charts` (a mirror)
 
 KUBECTL_BIN := $(LOCALBIN)/kubectl
 KUBECTL = $(KUBECTL_BIN) --context $(KUBE_CONTEXT)
@@ -194,13 +195,11 @@ airflow-install: ## Install Airflow (official chart, LocalExecutor, the titanic-
 
 ##@ Deploy
 
+IMAGE_TARGETS ?= pipeline-image model-server-image webapp-image airflow-image## the image targets `make images` runs
 .PHONY: images
 images: ## Build the project images (pipeline, model server, web app, Airflow) tagged $(IMG_TAG), from the base images of base-images.
 	@mkdir -p $(dir $(BASE_IMAGES_RESOLVED)) && $(resolve-base-images) > $(BASE_IMAGES_RESOLVED) && sed 's/^/base image: /' $(BASE_IMAGES_RESOLVED)
-	$(MAKE) --no-print-directory pipeline-image BASE_IMAGES_FILE=$(BASE_IMAGES_RESOLVED)
-	$(MAKE) --no-print-directory model-server-image BASE_IMAGES_FILE=$(BASE_IMAGES_RESOLVED)
-	$(MAKE) --no-print-directory webapp-image BASE_IMAGES_FILE=$(BASE_IMAGES_RESOLVED)
-	$(MAKE) --no-print-directory airflow-image BASE_IMAGES_FILE=$(BASE_IMAGES_RESOLVED)
+	$(MAKE) --no-print-directory $(IMAGE_TARGETS) BASE_IMAGES_FILE=$(BASE_IMAGES_RESOLVED)
 
 LOAD_IMAGES ?= $(PROJECT_IMAGES)## images `make load` copies into the kind node
 # docker save IMAGE FILE: --platform (one platform of a multi-platform store) needs daemon API >= 1.48; older
@@ -228,9 +227,12 @@ load-third-party: kind helm ## Pull the upstream images of cluster-up (see third
 # or, with CHARTS_DIR, those found there.
 IMAGE_CHARTS = $(filter-out airflow,$(if $(CHARTS_DIR),$(filter $(UPSTREAM_CHARTS),$(notdir $(patsubst %/Chart.yaml,%,$(wildcard $(CHARTS_DIR)/*/Chart.yaml)))),$(UPSTREAM_CHARTS)))
 
+# Besides image: lines, the images KServe's controller injects into InferenceService pods: the "image" of the agent
+# and storageInitializer entries of its inferenceservice-config ConfigMap (a data key at two spaces, up to the next).
 list-third-party-images = { { $(foreach c,$(IMAGE_CHARTS),$(HELM) template $(c) $(call upstream,$(c)) \
   --kube-version $(KUBE_VERSION) $(addprefix -f ,$(wildcard $(VALUES)/$(c).yaml)) &&) true; } \
-  | sed -nE 's/^[[:space:]]*(- )?image: *"?([^" ]+)"?[[:space:]]*$$/\2/p; s/.*--prometheus-config-reloader=([^" ]+).*/\1/p'; \
+  | sed -nE 's/^[[:space:]]*(- )?image: *"?([^" ]+)"?[[:space:]]*$$/\2/p; s/.*--prometheus-config-reloader=([^" ]+).*/\1/p; \
+    /^  (agent|storageInitializer): \|-$$/,/^ {0,2}[^ ]/s/^ *"image" *: *"([^"]+)".*/\1/p'; \
   echo $(POSTGRES_IMAGE); } | sort -u
 
 .PHONY: third-party-images
@@ -267,10 +269,15 @@ dataset: ## Download the dataset (sha256-checked) and upload it to s3://raw/tita
 	$(KUBECTL) -n mlops run dataset-upload -i --rm --restart=Never --image=titanic-pipeline:$(IMG_TAG) \
 	  --overrides='$(UPLOAD_OVERRIDES)' < $(DATASET_CACHE)
 
+# Not --for=condition=Ready: kubectl ignores conditions while status.observedGeneration < metadata.generation, and
+# KServe's Standard mode puts the predictor Deployment's observedGeneration there (found on a real KServe 0.20:
+# it stays behind forever, so the wait never ended).
+ISVC_READY = --for=jsonpath='{.status.conditions[?(@.type=="Ready")].status}'=True
+
 .PHONY: first-model
 first-model: ## Run titanic_training once (make train) and wait until the InferenceService serves the model.
 	$(MAKE) --no-print-directory train KUBECTL="$(KUBECTL)" TRAIN_REQUIRE_DEPLOY=1
-	$(KUBECTL) -n mlops wait inferenceservice/titanic --for=condition=Ready --timeout=$(ISVC_TIMEOUT)
+	$(KUBECTL) -n mlops wait inferenceservice/titanic $(ISVC_READY) --timeout=$(ISVC_TIMEOUT)
 
 .PHONY: urls
 urls: ## Print where everything is reached and how to get the credentials.
@@ -291,10 +298,13 @@ credentials-show: kubectl ## Print the generated credentials of the project (Air
 	@echo "DATABASE_URL $(call secret-get,mlops,titanic-secrets,DATABASE_URL)"
 
 .PHONY: status
-status: kubectl ## Show the platform's pods, the InferenceService and the Helm releases.
+status: kubectl ## Show the platform's pods, the InferenceService, the Helm releases and the web app's /readyz (the whole chain).
 	$(KUBECTL) get pods -A -o wide
 	$(KUBECTL) -n mlops get inferenceservice,ingress
 	$(HELM) --kube-context $(KUBE_CONTEXT) list -A
+# /readyz from inside the pod: the API server's service proxy drops the body of a 503, which says which link is down.
+	@printf 'web app /readyz: '; $(KUBECTL) -n mlops exec deploy/titanic-webapp -c webapp -- python -c \
+	  "import http.client as h; c = h.HTTPConnection('127.0.0.1', 8000, timeout=5); c.request('GET', '/readyz'); r = c.getresponse(); print(r.status, r.read().decode())"
 
 .PHONY: logs
 logs: kubectl ## Tail the logs of the web app, the predictor and the transformer.
@@ -322,7 +332,8 @@ upstream-charts: helm ## Download every upstream chart at its pinned version, un
 	@[ -n "$(CHARTS_DIR)" ] || { echo "set CHARTS_DIR=<folder>" >&2; exit 1; }
 	mkdir -p $(CHARTS_DIR)
 	$(foreach c,$(UPSTREAM_CHARTS),[ -f $(CHARTS_DIR)/$(c)/Chart.yaml ] || \
-	  $(HELM) pull $(CHART_REF_$(c)) --version $(CHART_VERSION_$(c)) --untar --untardir $(CHARTS_DIR);)
+	  $(HELM) pull $(if $(CHART_MIRROR),$(c) --repo $(CHART_MIRROR),$(CHART_REF_$(c))) --version $(CHART_VERSION_$(c)) \
+	    --untar --untardir $(CHARTS_DIR);)
 
 .PHONY: lint-charts
 lint-charts: venv tools ## Lint and validate the charts offline: helm lint, kubeconform -strict, kube-score, object assertions.

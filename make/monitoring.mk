@@ -7,7 +7,7 @@ DRIFT_DEMO_URL ?= http://titanic.localhost/api/predict## web app prediction API 
 DRIFT_DEMO_STREAM ?= shifted## shifted (all 1st class, 10x fares) or normal (training passengers: heals the drift)
 DRIFT_DEMO_ROUNDS ?= 1## how often the stream of 889 passengers is replayed
 DRIFT_DEMO_WAIT ?= 1200## seconds drift-demo waits for TitanicFeatureDrift to fire (0: do not wait)
-DRIFT_DEMO_CSV ?= $(SHARED)/data/titanic/train.csv## passengers to replay; downloaded (sha256-checked) when missing
+DRIFT_DEMO_CSV ?=## passengers to replay (default: the test dataset, from ../shared or fetched once: tests/inputs.py)
 MONITORING_NAMESPACE ?= monitoring## namespace of kube-prometheus-stack
 PROMETHEUS_SERVICE ?= kps-prometheus:9090## Prometheus Service, reached through the API server's service proxy
 
@@ -16,10 +16,7 @@ prom-query = $(KUBECTL) get --raw "/api/v1/namespaces/$(MONITORING_NAMESPACE)/se
 
 .PHONY: drift-demo
 drift-demo: venv ## Send shifted passengers through the ingress, then wait for TitanicFeatureDrift and the retraining run it triggers.
-	@csv="$(DRIFT_DEMO_CSV)"; if [ ! -f "$$csv" ]; then \
-	  csv=$(CURDIR)/.cache/titanic-train.csv; mkdir -p $(CURDIR)/.cache; \
-	  [ -f "$$csv" ] || curl -fsSL "$(DATASET_URL)" -o "$$csv"; \
-	  echo "$(DATASET_SHA256)  $$csv" | sha256sum -c --quiet -; fi; \
+	@csv="$(DRIFT_DEMO_CSV)"; [ -n "$$csv" ] || csv=$$($(PY) -m tests.inputs --path data/titanic/train.csv); \
 	$(PY) -m tests.monitoring.drift --url "$(DRIFT_DEMO_URL)" --csv "$$csv" \
 	  --stream $(DRIFT_DEMO_STREAM) --rounds $(DRIFT_DEMO_ROUNDS)
 	@echo "PSI per feature now (alert threshold: chart value prometheusRule.driftPsiThreshold):"

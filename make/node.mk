@@ -27,9 +27,9 @@ local-cluster-down: ## Stop the cluster of local-cluster-up and remove all it ma
 local-cluster-load: ## Copy the project images (LOAD_IMAGES, tag IMG_TAG) into the node's containerd (docker save | ctr import).
 	@mkdir -p $(CLUSTER_BUILD)
 	for img in $(LOAD_IMAGES); do \
-	  $(call docker-save,$$img:$(IMG_TAG),$(CLUSTER_BUILD)/$$img.tar); \
-	  $(PY) -m tests.node load --dir $(LOCAL_CLUSTER_DIR) $(CLUSTER_BUILD)/$$img.tar; \
-	  rm -f $(CLUSTER_BUILD)/$$img.tar; done
+	  { $(call docker-save,$$img:$(IMG_TAG),$(CLUSTER_BUILD)/$$img.tar); } && \
+	  $(PY) -m tests.node load --dir $(LOCAL_CLUSTER_DIR) $(CLUSTER_BUILD)/$$img.tar && \
+	  echo "loaded $$img:$(IMG_TAG)" >&2; rc=$$?; rm -f $(CLUSTER_BUILD)/$$img.tar; [ $$rc = 0 ] || exit $$rc; done
 
 .PHONY: test-node
 test-node: node-deps venv kube-tools node-tools ## Run tests/node (a real node up, pods, logs/exec, ClusterIP, DNS, then down leaves the machine as it was). Not part of `make test`.
@@ -71,3 +71,30 @@ pause:
 	  gcc -Os -Wall -Werror -static -DVERSION=v$(PAUSE_VERSION) -o $(PAUSE)-$(PAUSE_VERSION) $$dir/build/pause/linux/pause.c; \
 	  strip $(PAUSE)-$(PAUSE_VERSION); }
 	@ln -sf pause-$(PAUSE_VERSION) $(PAUSE)
+
+##@ The platform on the local cluster
+
+LOCAL_PLATFORM_MIN_FREE_GIB ?= 12## free disk space local-platform-up requires before it builds anything
+LOCAL_IMAGES := titanic-pipeline titanic-model-server titanic-webapp## the project images the local platform runs (Airflow runs on the host)
+
+.PHONY: local-platform-up
+local-platform-up: venv airflow-venv ## The platform on the local cluster: images built and loaded, KServe, `make deploy`, data services and Airflow on the host, a first DAG run of real step pods; prints `export` lines. Root only.
+	@# images, build cache and the node's containerd take ~10 GiB; a fuller disk makes the kubelet delete images
+	@avail=$$(df -Pk . | awk 'NR==2 {print $$4}'); [ "$$avail" -ge $$(($(LOCAL_PLATFORM_MIN_FREE_GIB) * 1048576)) ] || { \
+	  echo "error: local-platform-up needs $(LOCAL_PLATFORM_MIN_FREE_GIB) GiB free on $$(df -P . | awk 'NR==2 {print $$6}'), has $$((avail / 1048576)) GiB" >&2; exit 1; }
+	@$(MAKE) --no-print-directory local-cluster-up >/dev/null
+	@{ $(MAKE) --no-print-directory images IMAGE_TARGETS="$(LOCAL_IMAGES:titanic-%=%-image)" && \
+	  $(MAKE) --no-print-directory local-cluster-load LOAD_IMAGES="$(LOCAL_IMAGES)" && \
+	  $(MAKE) --no-print-directory third-party-images-local local-cluster-load-third-party; } >&2
+	@$(PY) -m tests.local_platform up --dir $(LOCAL_CLUSTER_DIR) --image-tag $(IMG_TAG) $(if $(CHARTS_DIR),--charts-dir $(CHARTS_DIR))
+
+.PHONY: local-platform-down
+local-platform-down: ## Stop the local platform (Airflow, the data services) and the local cluster; the machine is as before.
+	@[ ! -x $(PY) ] || $(PY) -m tests.local_platform down --dir $(LOCAL_CLUSTER_DIR)
+	@$(MAKE) --no-print-directory local-cluster-down
+
+.PHONY: test-local-platform
+test-local-platform: ## Bring the local platform up, run tests/e2e against it, and take it down again (also on failure). Root only; DOCKER=... builds the images.
+	@trap '$(MAKE) --no-print-directory local-platform-down' EXIT; set -e; \
+	exports=$$($(MAKE) -s --no-print-directory local-platform-up | grep '^export '); echo "$$exports"; eval "$$exports"; \
+	$(VENV)/bin/pytest tests/e2e -p no:cacheprovider $(PYTEST_ARGS)

@@ -24,7 +24,7 @@ $(WEBAPP_CSS): $(WEBAPP_DIR)/node_modules/.installed $(WEBAPP_DIR)/assets/app.cs
 
 # The suite renders pages and drives a browser against the compiled CSS.
 test: css
-bench: css
+bench bench-soak: css
 
 .PHONY: web-run
 web-run: venv css ## Serve the web app with gunicorn on WEBAPP_PORT (needs the services' and KSERVE_URL environment).

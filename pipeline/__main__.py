@@ -6,9 +6,11 @@ import argparse
 import importlib
 import json
 import sys
+import traceback
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline import faults
+from pipeline.errors import EXIT_UNEXPECTED, PipelineError
 from pipeline.log import configure_logging
 from pipeline.settings import Settings
 
@@ -55,7 +57,14 @@ def main(argv: list[str] | None = None) -> int:
         result = module.run(settings, **args)
     except PipelineError as exc:
         print(f"error: {step}: {exc}", file=sys.stderr)
-        return getattr(exc, "exit_code", 1)
+        return exc.exit_code
+    except Exception as exc:
+        fault = faults.describe(exc, settings)
+        if fault is None:  # a bug: its traceback, and an exit code Airflow retries (pipeline/errors.py)
+            traceback.print_exc()
+            return EXIT_UNEXPECTED
+        print(fault.line(step), file=sys.stderr)
+        return fault.exit_code
     line = json.dumps(result, default=str, sort_keys=True)
     if XCOM_DIR.is_dir():
         (XCOM_DIR / "return.json").write_text(line)

@@ -13,6 +13,8 @@ import json
 
 import joblib
 import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, clone
 from sklearn.compose import ColumnTransformer
 from sklearn.ensemble import RandomForestClassifier
 from sklearn.impute import SimpleImputer
@@ -20,8 +22,10 @@ from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precisio
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import OneHotEncoder
 
+from pipeline import faults
 from pipeline.errors import ModelNotFound
-from pipeline.features import CATEGORICAL_FEATURES, NUMERIC_FEATURES
+from pipeline import features
+from pipeline.features import CATEGORICAL_FEATURES, GROUP_FEATURES, NUMERIC_FEATURES
 from pipeline.settings import Settings
 from pipeline.store import s3
 
@@ -39,20 +43,55 @@ SEARCH_SPACE: dict[str, list] = {
 }
 
 
-def build_pipeline(seed: int = 42) -> Pipeline:
-    """An unfitted Pipeline: impute/encode by feature kind, then a random forest."""
+def build_pipeline(seed: int = 42, group_features: bool = False) -> Pipeline:
+    """An unfitted Pipeline: impute/encode by feature kind, then a random forest (over GROUP_FEATURES too if asked)."""
     numeric = SimpleImputer(strategy="median")
     categorical = Pipeline([
         ("impute", SimpleImputer(strategy="constant", missing_values="", fill_value=MISSING_CATEGORY)),
         ("onehot", OneHotEncoder(handle_unknown="ignore", sparse_output=False)),
     ])
     preprocess = ColumnTransformer(
-        [("num", numeric, NUMERIC_FEATURES), ("cat", categorical, CATEGORICAL_FEATURES)],
+        [("num", numeric, NUMERIC_FEATURES + (GROUP_FEATURES if group_features else [])), ("cat", categorical, CATEGORICAL_FEATURES)],
         remainder="drop",
     )
     # n_jobs=1: the search parallelises over folds; the forest's own result does not depend on it.
     classifier = RandomForestClassifier(random_state=seed, n_jobs=1)
     return Pipeline([("preprocess", preprocess), (CLASSIFIER_STEP, classifier)])
+
+
+GROUP_COLUMN = "Group"  # the group id column (`features.group_id`) a training frame carries beside FEATURE_COLUMNS
+
+
+class GroupFeatureModel(ClassifierMixin, BaseEstimator):
+    """A Pipeline over FEATURE_COLUMNS + GROUP_FEATURES whose group statistics come from the labels it is fitted on.
+
+    Used for the search: RandomizedSearchCV clones and fits it once per fold, so each fold's group
+    statistics come from that fold's training labels only and CV stays honest. `fit` gives every
+    training passenger leave-one-out features; `predict` uses the statistics of all fitted labels,
+    as serving does. Serving needs only `pipeline_` (ONNX-convertible) and `group_stats_`.
+    """
+
+    def __init__(self, pipeline: Pipeline | None = None):
+        self.pipeline = pipeline
+
+    def _frame(self, X: pd.DataFrame, own_survived=None) -> pd.DataFrame:
+        wc = features.woman_or_child(X)
+        group = features.group_features(X[GROUP_COLUMN].to_numpy(), wc, self.group_stats_, own_survived, index=X.index)
+        return pd.concat([X[features.FEATURE_COLUMNS], group], axis=1)
+
+    def fit(self, X: pd.DataFrame, y):
+        y = np.asarray(y, dtype="int64")
+        self.group_stats_ = features.group_statistics(X[GROUP_COLUMN].to_numpy(), features.woman_or_child(X), y)
+        self.pipeline_ = clone(self.pipeline if self.pipeline is not None else build_pipeline(group_features=True))
+        self.pipeline_.fit(self._frame(X, own_survived=y), y)
+        self.classes_ = self.pipeline_.classes_
+        return self
+
+    def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
+        return self.pipeline_.predict_proba(self._frame(X))
+
+    def predict(self, X: pd.DataFrame) -> np.ndarray:
+        return self.classes_[np.argmax(self.predict_proba(X), axis=1)]
 
 
 def feature_names(pipeline: Pipeline) -> list[str]:
@@ -96,4 +135,6 @@ def load_json(settings: Settings, artifact_uri: str, name: str = METADATA_FILE) 
     try:
         return json.loads(s3.get_bytes(s3.client(settings), bucket, key))
     except Exception as exc:
+        if faults.describe(exc, settings):  # S3 down is no missing model: the step says so and is retried
+            raise
         raise ModelNotFound(f"cannot read {artifact_uri}/{name}: {exc}") from exc

@@ -17,7 +17,11 @@ logger = logging.getLogger(__name__)
 
 STATUSES = ("candidate", "approved", "rejected", "production", "archived")
 _COLUMNS = ("model_name, version, status, metrics, params, artifact_uri, artifact_sha256, feature_set, reason,"
-            " created_at, updated_at")
+            " lineage, created_at, updated_at")
+
+
+class NotApproved(PipelineError):
+    """The version is not approved (any more) when it is to be promoted: rejected or re-evaluated meanwhile."""
 
 
 class ArtifactMismatch(PipelineError):
@@ -49,19 +53,40 @@ def recorded_sha256(row: dict[str, Any] | None, name: str) -> str | None:
 
 
 def register(conn, model_name: str, version: str, *, artifact_uri: str, metrics: dict, params: dict,
-             feature_set: str | None, artifact_sha256: dict[str, str] | None = None) -> None:
+             feature_set: str | None, artifact_sha256: dict[str, str] | None = None,
+             lineage: dict | None = None) -> None:
     """Insert a new `candidate`; re-registering the same version (a retried step) is a no-op.
 
     `artifact_sha256` maps each file of the version folder to its sha256, checked before unpickling.
+    `lineage`: where the version came from (pipeline.steps.train), shown on the model page.
     """
     with conn, conn.cursor() as cur:
         cur.execute(
             "INSERT INTO model_versions (model_name, version, status, metrics, params, artifact_uri, feature_set,"
-            " artifact_sha256) VALUES (%s, %s, 'candidate', %s, %s, %s, %s, %s)"
+            " artifact_sha256, lineage) VALUES (%s, %s, 'candidate', %s, %s, %s, %s, %s, %s)"
             " ON CONFLICT (model_name, version) DO NOTHING",
             (model_name, version, json.dumps(metrics), json.dumps(params), artifact_uri, feature_set,
-             json.dumps(artifact_sha256) if artifact_sha256 is not None else None),
+             json.dumps(artifact_sha256) if artifact_sha256 is not None else None, json.dumps(lineage or {})),
         )
+        if cur.rowcount:
+            _event(cur, model_name, version, "registered", (lineage or {}).get("trigger", {}).get("summary"))
+
+
+def _event(cur, model_name: str, version: str, event: str, detail: str | None = None) -> None:
+    """One line of a version's history, in the transaction of the change it records."""
+    cur.execute("INSERT INTO model_events (model_name, version, event, detail) VALUES (%s, %s, %s, %s)",
+                (model_name, version, event, detail))
+
+
+def events(conn, model_name: str, versions: list[str] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Each version's history, oldest first: registered, the gate's verdicts, promoted (and what it replaced)."""
+    with conn.cursor(cursor_factory=RealDictCursor) as cur:
+        cur.execute("SELECT version, event, detail, at FROM model_events WHERE model_name = %s"
+                    " AND (%s::text[] IS NULL OR version = ANY(%s)) ORDER BY id", (model_name, versions, versions))
+        history: dict[str, list[dict[str, Any]]] = {}
+        for row in cur.fetchall():
+            history.setdefault(row.pop("version"), []).append(dict(row))
+    return history
 
 
 def load_model(settings: Settings, row: dict[str, Any]):
@@ -69,13 +94,15 @@ def load_model(settings: Settings, row: dict[str, Any]):
     # deferred: readers of the registry (the web app) need neither S3 nor sklearn
     import joblib
 
-    from pipeline import model
+    from pipeline import faults, model
     from pipeline.store import s3
 
     bucket, key = model.artifact_key(row["artifact_uri"], model.MODEL_FILE)
     try:
         data = s3.get_bytes(s3.client(settings), bucket, key)
-    except Exception as exc:  # a missing object or bucket means the same to the caller
+    except Exception as exc:  # a missing object or bucket means the same to the caller; an S3 outage does not
+        if faults.describe(exc, settings):
+            raise
         raise ModelNotFound(f"cannot read {row['artifact_uri']}/{model.MODEL_FILE}: {exc}") from exc
     verify_artifact(f"{row['artifact_uri']}/{model.MODEL_FILE}", data, recorded_sha256(row, model.MODEL_FILE))
     return joblib.load(io.BytesIO(data))
@@ -137,13 +164,18 @@ def set_status(conn, model_name: str, version: str, status: str, reason: str | N
             " AND (status <> 'production' OR %s = 'production')",
             (status, reason, model_name, version, status),
         )
-        return cur.rowcount == 1
+        changed = cur.rowcount == 1
+        if changed and status in ("approved", "rejected", "archived"):
+            _event(cur, model_name, version, status, reason)
+        return changed
 
 
 def promote(conn, model_name: str, version: str) -> str | None:
-    """Make `version` production and archive the previous one, in one transaction.
+    """Make an approved `version` production and archive the previous one, in one transaction.
 
-    Returns the previous production version (None if there was none).
+    Returns the previous production version (None if there was none). NotApproved, and nothing changes,
+    when `version` is not approved at that moment (checked under the row locks, so a verdict committed
+    meanwhile is seen, and one that comes later waits for the promote).
     """
     get(conn, model_name, version)
     with conn, conn.cursor() as cur:
@@ -153,9 +185,13 @@ def promote(conn, model_name: str, version: str) -> str | None:
         cur.execute(
             "SELECT version, status FROM model_versions WHERE model_name = %s ORDER BY version FOR UPDATE", (model_name,)
         )
-        previous = next((v for v, status in cur.fetchall() if status == "production"), None)
+        statuses = dict(cur.fetchall())
+        previous = next((v for v, status in statuses.items() if status == "production"), None)
         if previous == version:
             return previous
+        if statuses.get(version) != "approved":
+            raise NotApproved(f"model {model_name} version {version} is {statuses.get(version)}, no longer approved:"
+                              " not promoted")
         cur.execute(
             "UPDATE model_versions SET status = 'archived', updated_at = now() WHERE model_name = %s AND status = 'production'",
             (model_name,),
@@ -164,4 +200,7 @@ def promote(conn, model_name: str, version: str) -> str | None:
             "UPDATE model_versions SET status = 'production', updated_at = now() WHERE model_name = %s AND version = %s",
             (model_name, version),
         )
+        if previous:
+            _event(cur, model_name, previous, "archived", f"replaced by {version}")
+        _event(cur, model_name, version, "promoted", f"replaced {previous}" if previous else "first production version")
     return previous

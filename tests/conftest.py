@@ -11,25 +11,42 @@ from pathlib import Path
 import psycopg2
 import pytest
 
+from tests import inputs
 from tests import services as local_services
+from tests.inputs import TRAIN_CSV, TRAIN_SHA256  # noqa: F401 - the tests import them from here
 
 REPO = Path(__file__).resolve().parent.parent
-SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
-TRAIN_CSV = SHARED / "data" / "titanic" / "train.csv"
-TRAIN_SHA256 = "7d118fef8b6ccf7f81111877bc388536f7b1e498a655e3d649d19aaa010e9f6f"
 VERSITYGW = os.environ.get("VERSITYGW", str(REPO / "bin" / "versitygw"))
 
 pytest_plugins = ["tests.fixtures.training", "tests.fixtures.serving"]  # fixture modules of other layers register here, e.g. "tests.fixtures.serving"
 
 
-@pytest.fixture(scope="session")
-def services() -> local_services.Services:
-    """Postgres 15, Redis and versitygw on free ports for the whole session, stopped afterwards."""
+def pytest_sessionstart(session):
+    """The pinned test inputs are there before any test reads them (fetched once unless ../shared has them)."""
+    try:
+        inputs.ensure()
+    except inputs.Unavailable as exc:
+        pytest.exit(f"error: test inputs: {exc}", returncode=1)
+
+
+def _servers(prefix: str):
     # Not under pytest's tmp dir: that is private to root, and Postgres runs as its own user.
-    root = Path(tempfile.mkdtemp(prefix="titanic-services-"))
+    root = Path(tempfile.mkdtemp(prefix=prefix))
     started = local_services.up(root, VERSITYGW)
     yield started
     local_services.down(root)
+
+
+@pytest.fixture(scope="session")
+def services() -> local_services.Services:
+    """Postgres 15, Redis and versitygw on free ports for the whole session, stopped afterwards."""
+    yield from _servers("titanic-services-")
+
+
+@pytest.fixture(scope="module")
+def private_services() -> local_services.Services:
+    """Postgres, Redis and S3 of one test module, for tests that stop and restart them (the session's stay up)."""
+    yield from _servers("titanic-private-")
 
 
 def make_settings(services: local_services.Services, tag: str, **overrides):

@@ -93,11 +93,16 @@ def _cert(pki: Path, name: str, subject: str, *, sans: list[str] | None = None, 
              "-CAcreateserial", "-days", "30", "-sha256", "-extfile", str(ext), "-out", str(crt))
 
 
-def make_pki(pki: Path, advertise: str) -> None:
+def make_ca(pki: Path, name: str) -> None:
+    """A CA (ca.key, ca.crt) in a new directory `pki`, for _cert to sign with."""
     pki.mkdir(parents=True)
     _openssl("genpkey", *EC_KEY, "-out", str(pki / "ca.key"))
     _openssl("req", "-x509", "-new", "-key", str(pki / "ca.key"), "-out", str(pki / "ca.crt"), "-days", "30",
-             "-subj", "/CN=titanic-local-ca")
+             "-subj", f"/CN={name}")
+
+
+def make_pki(pki: Path, advertise: str) -> None:
+    make_ca(pki, "titanic-local-ca")
     service_ip = "10.96.0.1"  # first address of SERVICE_CIDR: the `kubernetes` Service
     sans = ["IP:127.0.0.1", f"IP:{service_ip}", f"IP:{advertise}", "DNS:localhost", "DNS:kubernetes",
             "DNS:kubernetes.default", "DNS:kubernetes.default.svc", "DNS:kubernetes.default.svc.cluster.local"]
@@ -130,13 +135,34 @@ def _env() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k.lower() not in ("http_proxy", "https_proxy", "all_proxy")}
 
 
+# Each daemon runs under a restart loop, as the kubelet restarts a crashed static pod and systemd the kubelet: a
+# crash after start-up is logged ("supervisor: ... exited") and the daemon comes back. One that exits within 10 s of
+# starting stays down, so a bad flag still fails `up` at once. SIGTERM to the group: the loop waits for its daemon.
+SUPERVISE = ("trap 'kill -TERM $c 2>/dev/null; wait $c; exit 143' TERM; "
+             'while :; do s=$(date +%s); "$@" & c=$!; wait $c; rc=$?; '
+             'echo "supervisor: $0 exited with $rc at $(date -u +%T)" >&2; '
+             '[ $(($(date +%s) - s)) -ge 10 ] || exit $rc; sleep 1; done')
+
+
+def spawn(root: Path, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
+    """Start daemon `argv` supervised, in a session of its own (stopped as one group), logging to root/name.log."""
+    with open(root / f"{name}.log", "ab") as log:
+        return subprocess.Popen(["/bin/sh", "-c", SUPERVISE, name, *argv], stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True, cwd=root, env=env)
+
+
+def restarts(log: Path) -> list[str]:
+    """The supervisor's lines in a daemon's log: one per exit."""
+    try:
+        return [line for line in log.read_text(errors="replace").splitlines() if line.startswith("supervisor: ")]
+    except OSError:
+        return []
+
+
 def _start(cluster: Cluster, name: str, argv: list[str]) -> subprocess.Popen:
-    root = Path(cluster.root)
-    with open(root / f"{name}.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=root,
-                                env=_env())
+    proc = spawn(Path(cluster.root), name, argv, _env())
     cluster.pids[name] = proc.pid
-    (root / STATE_FILE).write_text(json.dumps(asdict(cluster)))  # so `down` can clean up a failed start
+    (Path(cluster.root) / STATE_FILE).write_text(json.dumps(asdict(cluster)))  # so `down` can clean up a failed start
     return proc
 
 

@@ -178,9 +178,7 @@ def _env() -> dict[str, str]:
 
 
 def _start(node: Node, name: str, argv: list[str]) -> subprocess.Popen:
-    with open(node.path / f"{name}.log", "wb") as log:
-        proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=node.path,
-                                env=_env())
+    proc = kube.spawn(node.path, name, argv, _env())
     node.pids[name] = proc.pid
     node.save()  # so `down` can clean up a failed start
     return proc
@@ -395,7 +393,10 @@ def kubelet_config(node: Node, pki: Path, port: int, healthz_port: int) -> dict:
         "clusterDNS": [DNS_IP], "clusterDomain": CLUSTER_DOMAIN, "resolvConf": "/etc/resolv.conf",
         "podLogsDir": str(node.path / "pod-logs"),
         # A shared machine's disk: no evictions or image GC of the images imported here (none can be pulled).
-        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "1%", "imagefs.available": "1%",
+        # Absolute, not %: on DiskPressure the kubelet deletes every image no container uses, whatever the GC
+        # thresholds (found on a clean-clone run: 1% of a 252 GB disk is 2.5 GB, the step image vanished between
+        # its import and its first pod, and the chart's hook Job sat in ImagePullBackOff).
+        "evictionHard": {"memory.available": "100Mi", "nodefs.available": "256Mi", "imagefs.available": "256Mi",
                          "nodefs.inodesFree": "1%"},
         "imageGCHighThresholdPercent": 100, "imageGCLowThresholdPercent": 99,
         "serializeImagePulls": False, "registerNode": True, "rotateCertificates": False,

@@ -21,6 +21,17 @@ def predict():
 
     Returns `{"predictions": [{"survived", "probability"}, ...], "model_version"}`.
     """
+    return _answer(explain=False)
+
+
+@bp.post("/api/explain")
+def explain():
+    """The body of /api/predict. Returns `{"explanations": [{"survived", "probability", "base", "contributions":
+    {feature: c}}, ...], "model_version"}` with base + sum(contributions) == probability (TreeSHAP)."""
+    return _answer(explain=True)
+
+
+def _answer(explain: bool):
     body = request.get_json(silent=True)
     if isinstance(body, dict) and "instances" in body:
         body = body["instances"]
@@ -42,12 +53,13 @@ def predict():
     if errors:
         return _error(400, "invalid input", errors=errors)
     try:
-        result = inference.predict(instances)
+        result = inference.predict(instances, explain=explain)
     except Rejected as exc:
         return _error(400, "invalid input", errors=[e.as_dict() for e in exc.errors], detail=exc.message)
     except InferenceError as exc:
         return _error(503, inference.unavailable_message(exc) + " Try again later.", reason=exc.reason)
-    return jsonify({"predictions": result.predictions, "model_version": result.model_version})
+    return jsonify({"explanations" if explain else "predictions": result.predictions,
+                    "model_version": result.model_version})
 
 
 @bp.get("/healthz")
@@ -58,7 +70,8 @@ def healthz():
 
 @bp.get("/readyz")
 def readyz():
-    """Deep health for monitoring and `helm test`: the model server answers ready. Not the pod's readiness
-    probe (that is /healthz): pages work without KServe and say so, and the first model comes after install."""
+    """Deep health for monitoring and `helm test`: the transformer answers ready, which it does only while its
+    predictor does; `kserve` says which link is missing. Not the pod's readiness probe (that is /healthz):
+    pages work without KServe and say so, and the first model comes after install."""
     ready, detail = get_client().ready()
     return jsonify({"ready": ready, "kserve": detail}), 200 if ready else 503

@@ -13,7 +13,8 @@ bind = "0.0.0.0:8000"
 # one keep-alive connection pool per worker.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-threads = int(os.environ.get("GUNICORN_THREADS", "4"))
+# More threads than the app's MAX_IN_FLIGHT (40): the spare ones answer the requests it sheds (webapp/shedding.py).
+threads = int(os.environ.get("GUNICORN_THREADS", "48"))
 timeout = 30
 graceful_timeout = 20
 keepalive = 5

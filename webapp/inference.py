@@ -22,11 +22,13 @@ UNAVAILABLE_MESSAGES = {
 }
 
 
-def predict(instances: list[dict[str, Any]]) -> PredictResult:
-    """Predict validated instances; counts outcomes and errors, re-raises Rejected/InferenceError."""
+def predict(instances: list[dict[str, Any]], explain: bool = False) -> PredictResult:
+    """Predict validated instances (with `explain`, through KServe's `:explain`, which also answers the
+    prediction); counts outcomes and errors, re-raises Rejected/InferenceError."""
     started = time.perf_counter()
     try:
-        result = get_client().predict(instances)
+        client = get_client()
+        result = client.explain(instances) if explain else client.predict(instances)
     except Rejected as exc:
         metrics.count_error("rejected")
         logger.info("transformer rejected %d instance(s): %s", len(instances), exc.message)

@@ -31,6 +31,10 @@ INFERENCE_ERRORS = Counter(
     " bad_response (unexpected body) or rejected (400 from the transformer).",
     ["reason"],
 )
+SHED = Counter(
+    "titanic_web_shed_requests_total",
+    "Requests answered 503 \"overloaded\" at once because the worker already served MAX_IN_FLIGHT requests.",
+)
 
 OUTCOMES = ("survived", "died")
 # The method label takes only these values: the token comes from the client, and every new
@@ -93,3 +97,7 @@ def count_predictions(predictions: list[dict]) -> None:
 
 def count_error(reason: str) -> None:
     INFERENCE_ERRORS.labels(reason).inc()
+
+
+def count_shed() -> None:
+    SHED.inc()

@@ -65,14 +65,59 @@ def load(settings: Settings) -> ModelCard:
         return card
     if card.production is None:
         return card
-    version = card.production["version"]
+    card.metadata = _metadata(settings, card.production["version"], card)
+    return card
+
+
+def _metadata(settings: Settings, version: str, card: ModelCard) -> dict[str, Any]:
     try:
-        raw = s3.get_bytes(_s3(settings), settings.bucket_models, _key(settings, version, "metadata.json"))
-        card.metadata = json.loads(raw)
+        return json.loads(s3.get_bytes(_s3(settings), settings.bucket_models, _key(settings, version, "metadata.json")))
     except (S3Error, HTTPError, ValueError) as exc:
         logger.warning("metadata of %s unavailable: %s", version, exc)
         card.problems.append(f"The metadata of version {version} cannot be read from the object store.")
-    return card
+        return {}
+
+
+def valid_version(version: str) -> bool:
+    return bool(_VERSION.match(version))
+
+
+@dataclass
+class Lineage:
+    """One version's column of the lineage page: its registry row, history, and metadata.json."""
+    row: dict[str, Any]
+    events: list[dict[str, Any]]
+    metadata: dict[str, Any]
+
+    @property
+    def lineage(self) -> dict[str, Any]:  # the registry's copy; metadata.json's for versions trained before it
+        return self.row.get("lineage") or self.metadata.get("lineage") or {}
+
+    def event(self, kind: str) -> dict[str, Any] | None:
+        return next((e for e in reversed(self.events) if e["event"] == kind), None)
+
+    @property
+    def verdict(self) -> dict[str, Any] | None:
+        """The gate's last verdict (approved or rejected), with its reason."""
+        return next((e for e in reversed(self.events) if e["event"] in ("approved", "rejected")), None)
+
+
+def load_lineage(settings: Settings, versions: list[str]) -> tuple[list[Lineage], list[str]]:
+    """Registry rows, histories and metadata of `versions` (in that order), all stored at training and by the
+    steps since; problems name what could not be read. ModelNotFound for a version the registry lacks."""
+    card = ModelCard()
+    try:
+        conn = postgres.connect(settings, migrated=False)
+        try:
+            rows = [registry.get(conn, settings.model_name, v) for v in versions]
+            history = registry.events(conn, settings.model_name, versions)
+        finally:
+            conn.close()
+    except psycopg2.Error as exc:
+        logger.warning("model registry unavailable: %s", exc)
+        return [], ["The model registry (Postgres) cannot be read right now."]
+    columns = [Lineage(row, history.get(row["version"], []), _metadata(settings, row["version"], card)) for row in rows]
+    return columns, card.problems
 
 
 def plot(settings: Settings, version: str, name: str) -> bytes | None:
@@ -103,5 +148,7 @@ def provenance(metadata: dict[str, Any]) -> dict[str, Any]:
         "libraries": metadata.get("library_versions") or {},
         "features": metadata.get("feature_columns") or [],
         "cv": (metrics.get("cv_mean"), metrics.get("cv_std")),
+        # the honest figure (fresh folds after the search); versions trained before it lack it
+        "repeated_cv": (metrics.get("repeated_cv_mean"), metrics.get("repeated_cv_std"), metrics.get("repeated_cv_folds")),
         "sizes": (metrics.get("train_size"), metrics.get("holdout_size")),
     }

@@ -32,10 +32,12 @@ DEFAULTS: dict[str, Any] = {
     "Fare": 20.575,
     "Embarked": "S",
     "Cabin": "",
+    "Ticket": "",
 }
 
 MAX_NAME = 200
 MAX_CABIN = 40
+MAX_TICKET = 40
 
 
 @dataclass(frozen=True)
@@ -60,10 +62,11 @@ LABELS = {
     "Fare": "Fare",
     "Embarked": "Port of embarkation",
     "Cabin": "Cabin",
+    "Ticket": "Ticket",
 }
 
 
-TEXT_LIMITS = {"Name": MAX_NAME, "Cabin": MAX_CABIN}
+TEXT_LIMITS = {"Name": MAX_NAME, "Cabin": MAX_CABIN, "Ticket": MAX_TICKET}
 
 
 def _web_errors(raw: Mapping[str, Any], instance: int) -> list[FieldError]:

@@ -5,7 +5,8 @@ Alertmanager (kube-prometheus-stack) posts its version-4 webhook payload to
 `RETRAIN_ALERTS`, lets at most one retraining through per `RETRAIN_COOLDOWN_SECONDS` (a Redis
 key, so every replica agrees), triggers the DAG through Airflow 3's REST API and records every
 decision in Postgres (`retrain_triggers`). Airflow failures answer 502 so that Alertmanager
-retries; the retry reuses the same `dag_run_id`, which makes it idempotent. The run id carries
+retries; the retry reuses the same `dag_run_id`, which makes it idempotent. With Postgres or
+Redis unavailable it answers 503 and decides nothing (no claim, no run). The run id carries
 the cooldown window, so an alert still firing after the cooldown starts a new run (a failed
 retraining is retried) instead of hitting the old run's 409.
 """
@@ -21,6 +22,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg2
 import redis
 import requests
 from flask import Blueprint, current_app, jsonify, request
@@ -199,19 +201,28 @@ def trigger_dag_run(settings: Settings, run_id: str, conf: dict[str, Any]) -> st
     return "created"
 
 
-def record(settings: Settings, alert: Alert, run_id: str, outcome: str, detail: str, conf: dict) -> None:
+def record(conn, settings: Settings, alert: Alert, run_id: str, outcome: str, detail: str, conf: dict) -> None:
     """Append one decision to `retrain_triggers` and count it."""
-    conn = postgres.connect(settings)
-    try:
-        with conn, conn.cursor() as cur:
-            cur.execute(
-                "INSERT INTO retrain_triggers (alertname, dag_id, dag_run_id, outcome, detail, conf)"
-                " VALUES (%s, %s, %s, %s, %s, %s)",
-                (alert.name, settings.airflow_dag_id, run_id, outcome, detail, json.dumps(conf)),
-            )
-    finally:
-        conn.close()
+    with conn, conn.cursor() as cur:
+        cur.execute(
+            "INSERT INTO retrain_triggers (alertname, dag_id, dag_run_id, outcome, detail, conf)"
+            " VALUES (%s, %s, %s, %s, %s, %s)",
+            (alert.name, settings.airflow_dag_id, run_id, outcome, detail, json.dumps(conf)),
+        )
     RETRAIN_TRIGGERS.labels(outcome=outcome).inc()
+
+
+@bp.errorhandler(psycopg2.Error)
+def _log_unavailable(exc):
+    # 503: Alertmanager retries the notification; the connection is opened before anything is claimed or triggered
+    logger.error("retraining relay: the decision log (Postgres) is unavailable: %s", exc)
+    return jsonify(triggered=False, error="the decision log (Postgres) is unavailable; retry later"), 503
+
+
+@bp.errorhandler(redis.RedisError)
+def _cooldown_unavailable(exc):
+    logger.error("retraining relay: the cooldown store (Redis) is unavailable: %s", exc)
+    return jsonify(triggered=False, error="the cooldown store (Redis) is unavailable; retry later"), 503
 
 
 def _settings() -> Settings:
@@ -268,6 +279,14 @@ def alertmanager():
         ],
     }
 
+    conn = postgres.connect(settings)  # first: a decision that cannot be recorded is not taken
+    try:
+        return _decide(conn, settings, alert, run_id, conf)
+    finally:
+        conn.close()
+
+
+def _decide(conn, settings: Settings, alert: Alert, run_id: str, conf: dict):
     store = _redis(settings)
     key = cooldown_key(settings)
     # SET NX EX: the first replica to claim the window triggers; the others see the key.
@@ -282,7 +301,7 @@ def alertmanager():
             run_id, claim = held_run, holder.decode()
         else:
             ttl = store.ttl(key)
-            record(settings, alert, run_id, "cooldown", f"cooldown held by {holder!r}, {ttl}s left", conf)
+            record(conn, settings, alert, run_id, "cooldown", f"cooldown held by {holder!r}, {ttl}s left", conf)
             return jsonify(triggered=False, reason="cooldown", retry_after_seconds=ttl), 200
 
     try:
@@ -294,12 +313,12 @@ def alertmanager():
         if not isinstance(exc, AirflowOutcomeUnknown):
             store.register_script(_RELEASE_CLAIM)(keys=[key], args=[claim])
         logger.error("retraining trigger for %s failed: %s", alert.name, exc)
-        record(settings, alert, run_id, "failed", str(exc), conf)
+        record(conn, settings, alert, run_id, "failed", str(exc), conf)
         return jsonify(triggered=False, error=str(exc), dag_run_id=run_id), 502
     if result == "exists":
         # A retried notification whose run Airflow already has: nothing new was started.
-        record(settings, alert, run_id, "duplicate", "dag run already existed", conf)
+        record(conn, settings, alert, run_id, "duplicate", "dag run already existed", conf)
         return jsonify(triggered=False, reason="duplicate", dag_run_id=run_id), 200
     logger.info("alert %s triggered %s run %s", alert.name, settings.airflow_dag_id, run_id)
-    record(settings, alert, run_id, "triggered", "dag run created", conf)
+    record(conn, settings, alert, run_id, "triggered", "dag run created", conf)
     return jsonify(triggered=True, dag_run_id=run_id), 200

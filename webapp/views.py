@@ -7,7 +7,9 @@ import logging
 from flask import Blueprint, Response, abort, current_app, render_template, request
 from urllib3.exceptions import HTTPError
 
-from . import inference, model_card
+from pipeline.errors import ModelNotFound
+
+from . import explanation, inference, model_card
 from .kserve_client import InferenceError, Rejected
 from .passenger import CLASSES, DEFAULTS, FIELDS, PORTS, SEXES, validate_form
 
@@ -16,10 +18,10 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("views", __name__)
 
 
-def _render(values, errors=None, result=None, service_error=None, status=200):
+def _render(values, errors=None, result=None, service_error=None, status=200, factors=()):
     return render_template(
         "predict.html", values=values, errors=errors or {}, result=result, service_error=service_error,
-        sexes=SEXES, classes=CLASSES, ports=PORTS,
+        sexes=SEXES, classes=CLASSES, ports=PORTS, factors=factors,
     ), status
 
 
@@ -32,7 +34,14 @@ def predict():
     if errors:
         return _render(values, {e.field: e.message for e in errors}, status=400)
     try:
-        result = inference.predict([instance])
+        try:  # one call answers the prediction and why
+            result = inference.predict([instance], explain=True)
+        except InferenceError as exc:
+            if exc.reason not in ("server_error", "bad_response"):
+                raise
+            # a model server without :explain (e.g. mid-upgrade) still gives the prediction
+            logger.warning("explanation unavailable (%s): predicting without it", exc.detail)
+            result = inference.predict([instance])
     except Rejected as exc:
         by_field = {e.field: e.message for e in exc.errors if e.field in FIELDS}
         if not by_field:
@@ -41,7 +50,8 @@ def predict():
     except InferenceError as exc:
         return _render(values, service_error=inference.unavailable_message(exc), status=503)
     prediction = dict(result.predictions[0], model_version=result.model_version)
-    return _render(values, result=prediction)
+    shown = explanation.factors(instance, prediction) if "contributions" in prediction else ()
+    return _render(values, result=prediction, factors=shown)
 
 
 @bp.get("/model")
@@ -49,6 +59,21 @@ def model():
     card = model_card.load(current_app.config["SETTINGS"])
     return render_template("model.html", card=card, plots=model_card.PLOTS, headline=model_card.HEADLINE_METRICS,
                            **model_card.provenance(card.metadata))
+
+
+@bp.get("/model/versions")
+def versions():
+    """Lineage of one version (?v=X), or two side by side (?v=X&v=Y): all from the registry and S3."""
+    wanted = list(dict.fromkeys(request.args.getlist("v")))
+    if not 1 <= len(wanted) <= 2 or not all(model_card.valid_version(v) for v in wanted):
+        abort(400, description="Choose one version to see its lineage, or two to compare them (?v=...&v=...).")
+    try:
+        columns, problems = model_card.load_lineage(current_app.config["SETTINGS"], wanted)
+    except ModelNotFound as exc:
+        abort(404, description=str(exc))
+    params = sorted({k for c in columns for k in c.row["params"]})
+    return render_template("versions.html", columns=columns, problems=problems, params=params,
+                           headline=model_card.HEADLINE_METRICS)
 
 
 @bp.get("/model/<version>/plots/<name>.png")

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
+import logging
 import sys
+import warnings
 from pathlib import Path
 
+from fastapi.exceptions import FastAPIDeprecationWarning
+from fastapi.responses import JSONResponse
 from kserve import ModelServer
 from kserve import model_server as kserve_server
 from kserve.predictor_config import PredictorConfig
-from fastapi.responses import JSONResponse
 from prometheus_client import REGISTRY
+from timing_asgi import TimingMiddleware
 
 from pipeline.errors import PipelineError
 from pipeline.log import configure_logging
@@ -57,6 +62,7 @@ def _predictor(args, settings: Settings):
 def _transformer(args, settings: Settings):
     from pipeline.serving import transformer
     from pipeline.serving.drift import DriftCollector
+    from pipeline.steps.features import GroupStatistics
     from pipeline.store.feature_store import FeatureStore
 
     if not args.predictor_host:
@@ -75,7 +81,8 @@ def _transformer(args, settings: Settings):
         args.model_name, model_artifacts, feature_store=FeatureStore(settings) if args.feature_lookup else None,
         drift_options={"window": args.drift_window, "threshold": args.drift_threshold,
                        "min_samples": args.drift_min_samples},
-        locate=locate, max_instances=settings.transformer_max_instances)
+        locate=locate, max_instances=settings.transformer_max_instances,
+        group_statistics=GroupStatistics(settings))  # read only for models trained with group features
     REGISTRY.register(DriftCollector(lambda: model.drift))
     app = kserve_server.app
     # The web app's caps do not protect a transformer reached directly.
@@ -88,6 +95,29 @@ def _transformer(args, settings: Settings):
     app.add_exception_handler(transformer.PredictorError,
                               lambda _, exc: JSONResponse(status_code=exc.status, content={"error": exc.message}))
     return model
+
+
+def _lean(app, event_loop: str) -> None:
+    """Drop per-request costs of the stock model server that serve nobody (profiled in bench/probe.py, #16)."""
+    # KServe 0.21 answers with FastAPI's deprecated ORJSONResponse, and pandas' catch_warnings resets the
+    # once-per-place registry: the transformer formatted and wrote that warning on almost every request.
+    warnings.filterwarnings("ignore", category=FastAPIDeprecationWarning)
+    # KServe's TimingMiddleware only feeds 'kserve.trace' log lines (latency is in its Prometheus
+    # histograms), yet costs a scan of every route and two getrusage calls per request.
+    build = app.build_middleware_stack
+
+    def build_without_timing():  # at the first request: after ModelServer configured logging and middleware
+        if not logging.getLogger("kserve.trace").isEnabledFor(logging.INFO):
+            app.user_middleware = [m for m in app.user_middleware if m.cls is not TimingMiddleware]
+        return build()
+
+    app.build_middleware_stack = build_without_timing
+    # ModelServer.start runs its own asyncio.run(): --event_loop reaches uvicorn's config, never the loop.
+    if event_loop in ("auto", "uvloop"):
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        asyncio.set_event_loop(asyncio.new_event_loop())  # ModelServer.setup_event_loop asks for a current loop
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -106,8 +136,11 @@ def main(argv: list[str] | None = None) -> int:
         predictor_use_ssl=args.predictor_use_ssl,
         predictor_request_timeout_seconds=args.predictor_request_timeout_seconds,
         predictor_request_retries=args.predictor_request_retries,
-        predictor_health_check=args.enable_predictor_health_check,
+        # Always for the transformer: its model is ready only while the predictor's is (KServe asks the predictor's
+        # /v1/models/<name>), so its readiness probe keeps it out of the Service until the chain can answer.
+        predictor_health_check=args.enable_predictor_health_check or args.role == "transformer",
     )
+    _lean(kserve_server.app, args.event_loop)
     ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
                 enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
                 enable_latency_logging=args.enable_latency_logging, predictor_config=predictor_config,

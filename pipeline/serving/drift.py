@@ -2,19 +2,19 @@
 
 The reference is the model version's `reference.json` (written by the train step): numeric
 features as decile bins plus a missing share, categorical features as category shares. The
-window keeps the bin index of each recent vector and running counts per bin, so observing a
-request costs one vectorised binning and two bincounts, and PSI is computed only when
-Prometheus scrapes `/metrics`.
+window keeps the bin index of each recent vector and running counts per bin; served vectors
+are binned in batches (one vectorised binning and two bincounts per batch), and PSI is
+computed only when Prometheus scrapes `/metrics`.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Mapping, Sequence
 from typing import Callable
 
 import numpy as np
-import pandas as pd
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -47,14 +47,14 @@ class _Feature:
             self.expected = np.append(np.asarray([spec["proportions"][c] for c in self.categories], dtype=np.float64), 0.0)
         self.bins = len(self.expected)
 
-    def bin(self, values: pd.Series) -> np.ndarray:
+    def bin(self, values: list) -> np.ndarray:
         if self.numeric:
-            x = values.to_numpy(dtype=np.float64)
+            x = np.asarray(values, dtype=np.float64)
             out = np.searchsorted(self.edges, x, side="left")
             out[np.isnan(x)] = self.bins - 1
             return out
         other = self.bins - 1  # features.transform gives str categories, "" for missing
-        return np.fromiter((self._code.get(v, other) for v in values.tolist()), dtype=np.int64, count=len(values))
+        return np.fromiter((self._code.get(v, other) for v in values), dtype=np.int64, count=len(values))
 
 
 class DriftMonitor:
@@ -76,12 +76,30 @@ class DriftMonitor:
         self._counts = [np.zeros(f.bins, dtype=np.int64) for f in self.features]
         self._pos = self._size = 0
         self._lock = threading.Lock()
+        self._queued: list[Mapping] = []
 
-    def observe(self, frame: pd.DataFrame) -> None:
-        """Add the feature vectors of one request (output of `features.transform`)."""
-        if frame.empty:
+    # Binning costs per call, not per row (~0.2 ms for one vector, 0.7 ms for 64): vectors wait
+    # in a queue and are binned together once this many have come, or when the window is read.
+    BATCH = 64
+
+    def observe(self, vectors: Sequence[Mapping]) -> None:
+        """Add served feature vectors: the dicts (feature -> value) the transformer sends the predictor."""
+        if not vectors:
             return
-        binned = np.column_stack([f.bin(frame[f.name]) for f in self.features])[-self.window:]
+        with self._lock:
+            self._queued.extend(vectors)
+            if len(self._queued) < self.BATCH:
+                return
+        self._flush()
+
+    def _flush(self) -> None:
+        with self._lock:
+            vectors, self._queued = self._queued, []
+        if vectors:
+            self._add(vectors[-self.window:])
+
+    def _add(self, vectors: list[Mapping]) -> None:
+        binned = np.column_stack([f.bin([v[f.name] for v in vectors]) for f in self.features])
         n = len(binned)
         with self._lock:
             slots = (self._pos + np.arange(n)) % self.window
@@ -96,10 +114,12 @@ class DriftMonitor:
 
     @property
     def samples(self) -> int:
+        self._flush()
         return self._size
 
     def psi(self) -> dict[str, float]:
         """PSI per feature over the current window; empty while it holds fewer than `min_samples`."""
+        self._flush()
         with self._lock:
             size, counts = self._size, [c.copy() for c in self._counts]
         if size < self.min_samples:

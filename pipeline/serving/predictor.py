@@ -4,6 +4,9 @@ Input is the output of `pipeline.features.transform` (the transformer sends it):
 - V1 `{"instances": [{feature: value, ...}, ...]}` (or rows as lists in `feature_columns` order);
 - V2 one input tensor per feature column (FP32/FP64 for numbers, BYTES for categories).
 Output: per instance the survival probability and decision, plus the model version.
+
+`:explain` (V1 body as above) answers per instance `{"probability", "base", "contributions": {feature: c}}`
+with base + sum(contributions) == probability: TreeSHAP over the same forest (pipeline.explain).
 """
 
 from __future__ import annotations
@@ -12,10 +15,12 @@ import logging
 from typing import Callable
 
 import numpy as np
+import pandas as pd
 from kserve import Model
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
+from pipeline.explain import Explainer
 from pipeline.serving import metrics
 from pipeline.serving.artifacts import ModelArtifacts
 from pipeline.serving.onnx_export import build_runner, categorical_column, decisions, numeric_column
@@ -31,12 +36,14 @@ class TitanicPredictor(Model):
         self._loader, self.runtime = loader, runtime
         self.artifacts: ModelArtifacts | None = None
         self.runner = None
+        self.explainer: Explainer | None = None
 
     def load(self) -> bool:
         """Load and convert the artefact; `ready` only after both succeeded (errors propagate)."""
         artifacts = self._loader()
         self.runner = build_runner(artifacts.pipeline, artifacts.numeric_features, artifacts.categorical_features,
                                    self.runtime)
+        self.explainer = Explainer(artifacts.pipeline)  # at load: its first use must not pay shap's import
         self.artifacts = artifacts
         metrics.set_model(artifacts.version, artifacts.accuracy)
         logger.info("predictor ready: model %s version %s on %s", self.name, artifacts.version, self.runner.name)
@@ -47,6 +54,11 @@ class TitanicPredictor(Model):
     def version(self) -> str:
         return self.artifacts.version
 
+    def _serving(self) -> str:
+        """Said with every missing-feature error: a transformer that still builds the previous model's features
+        learns from it which version to load (pipeline.serving.transformer, SERVES)."""
+        return f" of model version {self.artifacts.version}"
+
     def _columns_from_instances(self, instances) -> dict[str, np.ndarray]:
         if not isinstance(instances, list) or not instances:
             raise InvalidInput('"instances" must be a non-empty list')
@@ -55,7 +67,7 @@ class TitanicPredictor(Model):
             for i, row in enumerate(instances):
                 missing = [c for c in names if c not in row]
                 if missing:
-                    raise InvalidInput(f"instance {i}: missing feature(s) {', '.join(missing)}")
+                    raise InvalidInput(f"instance {i}: missing feature(s) {', '.join(missing)}{self._serving()}")
             raw = {c: [row[c] for row in instances] for c in names}
         elif all(isinstance(row, list) and len(row) == len(names) for row in instances):
             raw = {c: [row[j] for row in instances] for j, c in enumerate(names)}
@@ -68,7 +80,7 @@ class TitanicPredictor(Model):
         given = {i.name: i for i in request.inputs}
         missing = [c for c in self.artifacts.feature_columns if c not in given]
         if missing:
-            raise InvalidInput(f"missing input tensor(s) {', '.join(missing)}")
+            raise InvalidInput(f"missing input tensor(s) {', '.join(missing)}{self._serving()}")
         return self._typed({c: given[c].as_numpy().reshape(-1).tolist() for c in self.artifacts.feature_columns})
 
     def _typed(self, raw: dict[str, list]) -> dict[str, np.ndarray]:
@@ -104,3 +116,11 @@ class TitanicPredictor(Model):
         probability = proba[:, 1].astype(np.float64).tolist()
         return {"predictions": [{"survived": s, "probability": p} for s, p in zip(survived, probability)],
                 "model_version": self.version}
+
+    def explain(self, payload, headers=None):
+        """V1 `:explain`: exact contributions of each input feature to each instance's survival probability."""
+        if not isinstance(payload, dict):
+            raise InvalidInput('expected a JSON object with "instances"')
+        columns = self._columns_from_instances(payload.get("instances"))
+        frame = pd.DataFrame({c: columns[c] for c in self.artifacts.feature_columns})
+        return {"explanations": self.explainer.explain(frame), "model_version": self.version}

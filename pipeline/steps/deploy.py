@@ -9,7 +9,7 @@ import time
 from typing import Any, Callable
 
 from pipeline import registry
-from pipeline.errors import PipelineError
+from pipeline.errors import EXIT_UNAVAILABLE, PipelineError
 from pipeline.model import MODEL_FILE
 from pipeline.settings import Settings
 from pipeline.store import postgres
@@ -20,10 +20,20 @@ GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 DEPLOYABLE = ("approved", "production")
 # KServe's modelStatus.transitionStatus values that will not resolve by waiting longer.
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
+TIMED_OUT = "timed out after"
+# Where KServe writes the storageUri into the predictor Deployment's pod template (its storage initializer reads it).
+SOURCE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
 
 
 class DeployFailed(PipelineError):
     """The InferenceService did not become Ready with the new model; the previous one was restored."""
+
+
+class DeployTimedOut(DeployFailed):
+    """Not Ready within --timeout, with no failure reported (a slow node, a pod still starting): the previous
+    model was restored, and a retry may succeed, so Airflow retries it (EX_TEMPFAIL)."""
+
+    exit_code = EXIT_UNAVAILABLE
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -79,6 +89,10 @@ def run(
     conn = postgres.connect(settings)
     try:
         result["previous_version"] = registry.promote(conn, settings.model_name, version)
+    except registry.NotApproved as exc:  # rejected while rolling out: the cluster must not keep serving it
+        if target != "cluster":
+            raise
+        raise DeployFailed(f"{exc}; InferenceService {namespace}/{settings.model_name}: {isvc.undo(uri)}") from exc
     finally:
         conn.close()
     logger.info("model %s version %s is in production (%s)", settings.model_name, version, target)
@@ -137,15 +151,19 @@ def inference_service_body(name: str, namespace: str, uri: str, image: str, sha2
         "name": "kserve-container",
         "image": image,
         "imagePullPolicy": "IfNotPresent",
-        "args": ["transformer", "--model_name", name],
+        # the chart's value inferenceService.transformer.predictorTimeoutSeconds (default 5, measured in #16)
+        "args": ["transformer", "--model_name", name, "--predictor_request_timeout_seconds", "5"],
         "ports": [{"name": "http1", "containerPort": 8080, "protocol": "TCP"}],
         # The transformer reads drift references (S3) and stored features (Redis) with the step pods' settings.
         "envFrom": [{"configMapRef": {"name": "titanic-config"}}, {"secretRef": {"name": "titanic-secrets-read"}}],
         "env": [{"name": "MODEL_NAME", "value": name}, {"name": "LOG_LEVEL", "value": log_level}],
+        "startupProbe": {"httpGet": {"path": "/v2/health/live", "port": "http1"}, "periodSeconds": 5,
+                         "failureThreshold": 60},
         "readinessProbe": {"httpGet": {"path": f"/v1/models/{name}", "port": "http1"},
                            "periodSeconds": 5, "failureThreshold": 3},
         "livenessProbe": {"httpGet": {"path": "/v2/health/live", "port": "http1"},
                           "periodSeconds": 20, "timeoutSeconds": 3, "failureThreshold": 3},
+        "lifecycle": {"preStop": {"sleep": {"seconds": 5}}},  # the chart's drainSeconds
         "resources": RESOURCES["transformer"],
         "securityContext": CONTAINER_SECURITY,
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
@@ -192,9 +210,14 @@ def find_storage_uri(isvc: dict) -> tuple[str, str | None]:
 
 
 def readiness(isvc: dict) -> tuple[bool, str | None]:
-    """(ready, failure message): Ready only once the controller has seen the current generation."""
+    """(ready, failure message): Ready only once the controller has seen the current generation.
+
+    In KServe's Standard (raw Deployment) mode status.observedGeneration is the predictor Deployment's, not the
+    InferenceService's (found on a real KServe 0.20 controller: it stays 1 while the generation grows); there the
+    predictor Deployment's pod template (InferenceService.predictor_rollout) proves the new spec was seen."""
     status = isvc.get("status") or {}
-    if status.get("observedGeneration", 0) < isvc["metadata"].get("generation", 0):
+    if status.get("deploymentMode") != "Standard" and \
+            status.get("observedGeneration", 0) < isvc["metadata"].get("generation", 0):
         return False, None
     model_status = status.get("modelStatus") or {}
     if model_status.get("transitionStatus") in FAILED_TRANSITIONS:
@@ -258,7 +281,7 @@ class InferenceService:
             current = self.api.create_namespaced_custom_object(
                 GROUP, API_VERSION, self.namespace, PLURAL, body, _request_timeout=self.request_timeout
             )
-            path, previous, created = find_storage_uri(current)[0], None, True
+            path, previous, previous_env, created = find_storage_uri(current)[0], None, None, True
         else:
             (path, previous), created = find_storage_uri(current), False
             previous_env = (current["spec"]["predictor"].get("model") or {}).get("env", [])
@@ -269,18 +292,22 @@ class InferenceService:
             failure = self.wait_ready(uri, version, current["metadata"].get("generation", 0), timeout, poll_interval)
         except Exception as exc:  # an API or network error while waiting: the outcome is unknown, so undo
             failure = f"{type(exc).__name__} while waiting: {exc}"
+        self._replaced = (path, previous, previous_env, created)  # what `undo` puts back
         if failure is None:
             return previous
-        if created:
-            restored = "it was created by this deploy, so there is no previous model to restore"
-        elif previous == uri:
-            restored = "it already pointed there before this deploy, so nothing to restore"
-        else:
-            restored = self.restore(path, uri, previous, previous_env)
-        raise DeployFailed(
+        raise (DeployTimedOut if failure.startswith(TIMED_OUT) else DeployFailed)(
             f"InferenceService {self.namespace}/{self.name} did not serve {uri}: {failure}; "
-            f"{restored}; model registry unchanged"
+            f"{self.undo(uri)}; model registry unchanged"
         )
+
+    def undo(self, uri: str) -> str:
+        """Put back what the last `rollout` replaced with `uri`; says what happened."""
+        path, previous, env, created = self._replaced
+        if created:
+            return "it was created by this deploy, so there is no previous model to restore"
+        if previous == uri:
+            return "it already pointed there before this deploy, so nothing to restore"
+        return self.restore(path, uri, previous, env)
 
     def restore(self, path: str, uri: str, previous: str | None, env: list | None) -> str:
         """Put `previous` (and its env) back unless someone else has changed the URI meanwhile; says what happened."""
@@ -309,10 +336,14 @@ class InferenceService:
             if isvc["metadata"].get("generation", 0) >= generation and find_storage_uri(isvc)[1] != uri:
                 return f"its storageUri was changed to {find_storage_uri(isvc)[1]} by someone else"
             ready, failure = readiness(isvc)
-            if failure:
+            rollout = self.predictor_rollout(uri)
+            # The model status can still be the previous pods' (found on a real node: the crash-looping predictor
+            # of an InferenceService without a model said BlockedByFailedLoad while the new pod loaded fine):
+            # a failure counts once the predictor Deployment runs only pods of the new spec, and they fail.
+            if failure and (rollout is None or self.predictor_failing(uri)):
                 return failure
             if ready:
-                waiting = self.predictor_rollout() or (self.serving_check and self.serving_check(version))
+                waiting = rollout or (self.serving_check and self.serving_check(version))
                 if not waiting:
                     logger.info("InferenceService %s/%s serves %s", self.namespace, self.name, uri)
                     return None
@@ -320,22 +351,41 @@ class InferenceService:
             else:
                 last = _ready_message(isvc) or last
             if self.clock() >= deadline:
-                return f"timed out after {timeout:g}s (last: {last})"
+                return f"{TIMED_OUT} {timeout:g}s (last: {last})"
             time.sleep(poll_interval)
 
-    def predictor_rollout(self) -> str | None:
-        """None when the predictor Deployment has rolled out completely (as `kubectl rollout status`), else why not."""
-        if self.apps is None:
-            return None
+    def _predictor(self):
         from kubernetes.client.exceptions import ApiException
 
         try:
-            d = self.apps.read_namespaced_deployment(f"{self.name}-predictor", self.namespace,
-                                                     _request_timeout=self.request_timeout)
+            return self.apps.read_namespaced_deployment(f"{self.name}-predictor", self.namespace,
+                                                        _request_timeout=self.request_timeout)
         except ApiException as exc:
             if exc.status == 404:
-                return "the predictor Deployment does not exist yet"
+                return None
             raise
+
+    def predictor_failing(self, uri: str) -> bool:
+        """True when every predictor pod is of the spec that loads `uri` and not all are available (or when the
+        Deployment is not watched): then a failed model status is about them, not about the previous pods."""
+        if self.apps is None:
+            return True
+        d = self._predictor()
+        return d is not None and _loads(d) == uri and (d.status.observed_generation or 0) >= d.metadata.generation \
+            and (d.status.replicas or 0) == (d.status.updated_replicas or 0) \
+            and (d.status.available_replicas or 0) < (d.spec.replicas or 0)
+
+    def predictor_rollout(self, uri: str | None = None) -> str | None:
+        """None when the predictor Deployment loads `uri` (its pod template says so) and has rolled out completely
+        (as `kubectl rollout status`), else why not."""
+        if self.apps is None:
+            return None
+        d = self._predictor()
+        if d is None:
+            return "the predictor Deployment does not exist yet"
+        loads = _loads(d)
+        if uri is not None and loads != uri:
+            return f"the predictor Deployment loads {loads}, not {uri} yet"
         want, status = d.spec.replicas or 0, d.status
         if (status.observed_generation or 0) < d.metadata.generation:
             return "the predictor Deployment's new spec is not observed yet"
@@ -344,6 +394,12 @@ class InferenceService:
         if (status.available_replicas or 0) < want:
             return f"{status.available_replicas or 0} of {want} new predictor pods are available"
         return None
+
+
+def _loads(deployment) -> str | None:
+    """The storageUri KServe wrote into a predictor Deployment's pod template."""
+    meta = deployment.spec.template.metadata
+    return ((meta and meta.annotations) or {}).get(SOURCE_URI_ANNOTATION)
 
 
 def _at(document: dict, pointer: str) -> Any:

@@ -14,7 +14,7 @@ from urllib.parse import urlparse
 import pandas as pd
 import requests
 
-from pipeline import schema
+from pipeline import faults, schema
 from pipeline.errors import SchemaError, SourceError
 from pipeline.settings import Settings
 from pipeline.store import postgres, s3
@@ -73,7 +73,9 @@ def fetch(source: str, settings: Settings, timeout: float = 60.0) -> bytes:
             return _read_capped(source, iter(lambda: file.read(_CHUNK), b""), limit)
     except SourceError:
         raise
-    except Exception as exc:  # any transport or storage failure means the same thing to the operator
+    except Exception as exc:  # any transport or storage failure means the same thing to the operator ...
+        if faults.describe(exc, settings):  # ... but our own object store down or refusing our keys: retried or not
+            raise
         raise SourceError(f"cannot read {source}: {exc}") from exc
 
 
@@ -172,6 +174,12 @@ def run(settings: Settings, source: str, sha256: str | None = None, batch_id: st
         with conn, conn.cursor() as cur:
             _upsert(cur, result.valid, batch_id)
             _record_rejected(cur, rejected, batch_id)
+            # the batch's checksum, for the lineage of models trained on it; a re-run refreshes the row
+            cur.execute("INSERT INTO ingest_batches (batch_id, source, sha256, rows_loaded, rows_rejected)"
+                        " VALUES (%s, %s, %s, %s, %s) ON CONFLICT (batch_id) DO UPDATE SET source = EXCLUDED.source,"
+                        " sha256 = EXCLUDED.sha256, rows_loaded = EXCLUDED.rows_loaded,"
+                        " rows_rejected = EXCLUDED.rows_rejected, ingested_at = now()",
+                        (batch_id, source, digest, len(result.valid), len(rejected)))
     finally:
         conn.close()
     summary = {

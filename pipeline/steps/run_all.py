@@ -21,15 +21,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n-jobs", type=int, default=-1, help="parallel fits of the search (-1: all CPUs)")
     parser.add_argument("--min-accuracy", type=float, default=0.78, help="quality gate: minimum hold-out accuracy")
     parser.add_argument("--tolerance", type=float, default=0.01, help="quality gate: tolerance below production")
+    parser.add_argument("--group-features", action=argparse.BooleanOptionalAction, default=True,
+                        help="train with the group features (as the DAG does)")
 
 
 def run(settings: Settings, source: str | None = None, sha256: str | None = None, n_iter: int = 10, cv: int = 3,
-        seed: int = 42, n_jobs: int = -1, min_accuracy: float = 0.78, tolerance: float = 0.01) -> dict:
+        seed: int = 42, n_jobs: int = -1, min_accuracy: float = 0.78, tolerance: float = 0.01,
+        group_features: bool = True) -> dict:
     """Each step gets the identifiers the previous one printed, exactly as the DAG passes them."""
     migrate.run(settings)
     ingested = ingest.run(settings, source=source or settings.dataset_url, sha256=sha256 or settings.dataset_sha256)
     built = features.run(settings)
-    trained = train.run(settings, feature_set=built["feature_set"], n_iter=n_iter, cv=cv, seed=seed, n_jobs=n_jobs)
+    trained = train.run(settings, feature_set=built["feature_set"], n_iter=n_iter, cv=cv, seed=seed, n_jobs=n_jobs,
+                        group_features=group_features)
     verdict = evaluate.run(settings, version=trained["version"], min_accuracy=min_accuracy, tolerance=tolerance)
     deployed = deploy.run(settings, trained["version"], target="local") if verdict["approved"] else None
     result = {

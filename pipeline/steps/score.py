@@ -61,7 +61,12 @@ def run(settings: Settings, version: str, input: str) -> dict:  # noqa: A002 - t
               "invalid": [{"line": line, "reason": reason} for line, reason in invalid[:MAX_REPORTED]]}
     if valid.empty:
         raise SchemaError(f"{input} has no valid labelled rows to score ({len(invalid)} invalid)")
-    X = features.transform(valid)[meta["feature_columns"]]
+    X = features.transform(valid)
+    if meta.get("group_features"):  # the statistics of the model's own feature set, as the transformer serves them
+        from pipeline.steps.features import GroupStatistics
+
+        X = GroupStatistics(settings).add_to(X, meta["feature_set"], features.passenger_groups(valid))
+    X = X[meta["feature_columns"]]
     proba = pipeline.predict_proba(X)[:, 1]
     metrics = model.classification_metrics(valid[schema.LABEL].to_numpy(dtype=int), pipeline.predict(X), proba)
     result.update(metrics)

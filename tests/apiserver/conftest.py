@@ -14,9 +14,8 @@ import pytest
 import yaml
 
 from tests import kube as local_kube
-from tests.conftest import REPO, SHARED
-
-CHARTS_DIR = SHARED / "charts"
+from tests.conftest import REPO
+from tests.inputs import CHARTS_DIR
 
 
 def _missing_binary() -> str | None:
@@ -59,7 +58,7 @@ SKIPPED_STEPS = {
     "cluster-create": "kind create cluster needs Docker; the control plane of tests/kube.py is the cluster",
     "load-third-party": "docker pull needs a container registry, which this machine cannot reach",
     "postgres-ready": "waits for CNPG's Postgres pods to really run (kwok pods run nothing)",
-    "airflow-install": "the Airflow chart is not in ../shared/charts (too large to bring here) and needs the image",
+    "airflow-install": "the Airflow chart needs the titanic-airflow image (and ../shared/charts lacks it: too large to bring here)",
     "images": "docker build needs a Docker engine",
     "load": "kind load needs a kind node",
     "dataset": "the upload pod must really run",
@@ -143,12 +142,10 @@ def monitoring_crds(kube: local_kube.Cluster) -> None:
 
 @pytest.fixture(scope="session")
 def platform(kube):
-    """`make cluster-up`'s steps run one by one against the control plane, upstream charts from ../shared/charts.
+    """`make cluster-up`'s steps run one by one against the control plane, upstream charts from CHARTS_DIR (tests/inputs.py).
 
     Returns {step: CompletedProcess} of the steps that ran, and the webhook configurations removed.
     """
-    if not CHARTS_DIR.is_dir():
-        pytest.skip(f"{CHARTS_DIR} is missing (the upstream charts at their pinned versions)")
     ran, skipped = {}, dict(SKIPPED_STEPS)
     if missing := missing_subcharts(CHARTS_DIR / "kube-prometheus-stack"):
         skipped["monitoring"] = (f"the offline kube-prometheus-stack lacks its subcharts {missing}, so helm cannot "

@@ -32,7 +32,7 @@ class KServeStandIn(Poller):
 
     def __init__(self, kube, serves=lambda uri: True):
         super().__init__()
-        self.kube, self.serves = kube, serves
+        self.kube, self.serves, self.reconciled = kube, serves, 0
 
     def poll(self):
         got = self.kube.kubectl("-n", NAMESPACE, "get", "inferenceservice", NAME, "-o", "json", check=False)
@@ -42,10 +42,10 @@ class KServeStandIn(Poller):
     def reconcile(self, isvc: dict) -> None:
         generation = isvc["metadata"]["generation"]
         uri = isvc["spec"]["predictor"].get("model", {}).get("storageUri")
-        if (isvc.get("status") or {}).get("observedGeneration") == generation or not uri:
+        if self.reconciled == generation or not uri:
             return
         template = {"metadata": {"labels": {"app": f"{NAME}-predictor", "serving.kserve.io/inferenceservice": NAME},
-                                 "annotations": {"serving.kserve.io/storage-uri": uri}},
+                                 "annotations": {deploy.SOURCE_URI_ANNOTATION: uri}},
                     "spec": {"securityContext": deploy.POD_SECURITY, "containers": [{
                         "name": "kserve-container", "image": "titanic-model-server:stand-in",
                         "securityContext": deploy.CONTAINER_SECURITY,
@@ -55,7 +55,10 @@ class KServeStandIn(Poller):
                               "template": template}}
         self.kube.kubectl("-n", NAMESPACE, "apply", "-f", "-", input=json.dumps(predictor))
         ready = self.serves(uri)
-        status = {"status": {"observedGeneration": generation, "conditions": [
+        self.reconciled = generation
+        # As KServe's Standard mode reports it: observedGeneration is the predictor Deployment's (found on a real
+        # KServe 0.20), so only the Deployment's template tells that the new storageUri was seen.
+        status = {"status": {"deploymentMode": "Standard", "observedGeneration": 1, "conditions": [
             {"type": "Ready", "status": "True" if ready else "False", "lastTransitionTime": _now(),
              "reason": "" if ready else "MinimumReplicasUnavailable"}]}}
         self.kube.kubectl("-n", NAMESPACE, "patch", "inferenceservice", NAME, "--subresource=status",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from pipeline.settings import Settings
@@ -16,7 +18,7 @@ DESKTOP = {"width": 1366, "height": 900}
 PHONE = {"width": 390, "height": 844}
 
 
-def _fill(page, *, name, sex, age, pclass, sibsp, parch, fare, port, cabin):
+def _fill(page, *, name, sex, age, pclass, sibsp, parch, fare, port, cabin, ticket=""):
     page.fill("#Name", name)
     page.check(f"input[name=Sex][value={sex}]", force=True)  # the radio is visually hidden behind its label
     page.fill("#Age", age)
@@ -26,6 +28,7 @@ def _fill(page, *, name, sex, age, pclass, sibsp, parch, fare, port, cabin):
     page.fill("#Fare", fare)
     page.select_option("#Embarked", port)
     page.fill("#Cabin", cabin)
+    page.fill("#Ticket", ticket)
 
 
 @pytest.fixture
@@ -46,7 +49,7 @@ def test_fill_submit_and_read_the_prediction(browser, live_url, model_server, ou
     page.goto(live_url)
     assert page.title().startswith("Predict")
     _fill(page, name="Allen, Miss. Elisabeth Walton", sex="female", age="29", pclass=1, sibsp="0", parch="0",
-          fare="211.3375", port="S", cabin="B5")
+          fare="211.3375", port="S", cabin="B5", ticket="24160")
     page.click("#predict-button")
     page.wait_for_selector("#result")
     label = page.inner_text("#result-label")
@@ -55,8 +58,14 @@ def test_fill_submit_and_read_the_prediction(browser, live_url, model_server, ou
     assert 0 <= probability <= 100
     assert (label == "Survived") == (page.get_attribute("#result", "data-survived") == "1")
     assert page.inner_text("#result-version") == model_server.model_version
+    # Why: the five factors that moved it most, in words and signed points (KServe :explain), largest first.
+    factors = page.locator("#factors [data-factor]")
+    assert factors.count() == 5
+    points = [abs(float(factors.nth(i).get_attribute("data-points"))) for i in range(5)]
+    assert points == sorted(points, reverse=True)
+    assert "female" in page.inner_text("#factors") and re.search(r"[+−]\d+ points", page.inner_text("#factors"))
     # The form keeps what was entered, and the gauge is as wide as the probability.
-    assert page.input_value("#Name") == "Allen, Miss. Elisabeth Walton"
+    assert page.input_value("#Name") == "Allen, Miss. Elisabeth Walton" and page.input_value("#Ticket") == "24160"
     gauge = page.locator("[role=meter]")
     assert float(gauge.get_attribute("aria-valuenow")) == pytest.approx(probability, abs=0.05)
     # Styled by the compiled Tailwind file (not the browser's defaults), with nothing fetched elsewhere.

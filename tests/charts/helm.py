@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 from pathlib import Path
 
 import yaml
+
+from tests.inputs import CRD_SCHEMAS, versions  # noqa: F401 - versions: used as helm.versions by other tests
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "titanic"
@@ -17,8 +18,6 @@ BIN = REPO / "bin"
 HELM = BIN / "helm"
 KUBECONFORM = BIN / "kubeconform"
 KUBE_SCORE = BIN / "kube-score"
-SHARED = Path(os.environ.get("SHARED", REPO.parent / "shared"))
-CRD_SCHEMAS = SHARED / "k8s" / "schemas"
 BUILD = REPO / "build"
 NAMESPACE = "mlops"
 RELEASE = "titanic"
@@ -28,16 +27,6 @@ SCENARIOS = sorted(p.name for p in (CHART / "ci").glob("*-values.yaml"))
 def image_tag() -> str:
     """The project images' tag as the Makefile computes it (the commit, + a hash of uncommitted changes)."""
     return subprocess.run([str(REPO / "hack" / "image-tag.sh")], capture_output=True, text=True, check=True).stdout.strip()
-
-
-def versions() -> dict[str, str]:
-    """versions.env as a dict: the one place every version is pinned."""
-    pins = {}
-    for line in (REPO / "versions.env").read_text().splitlines():
-        if line and not line.startswith("#") and "=" in line:
-            key, value = line.split("=", 1)
-            pins[key.strip()] = value.strip()
-    return pins
 
 
 def render_text(*args: str, values: str | None = None) -> str:
@@ -98,7 +87,7 @@ def _forbid_additional_properties(node):
 
 
 def crd_schema_dir() -> Path:
-    """Strict copies of the shared CRD schemas (../shared/k8s/schemas, converted unchanged upstream).
+    """Strict copies of the upstream CRD schemas (tests/inputs.py: converted unchanged from upstream).
 
     kubeconform's -strict closes only the core schemas; the CRD schemas are open, so a misspelt
     InferenceService field would pass. Close them the way the strict core schemas are closed.
@@ -116,7 +105,7 @@ def crd_schema_dir() -> Path:
 
 
 def kubeconform(manifest: Path) -> subprocess.CompletedProcess:
-    """kubeconform -strict against the local Kubernetes schemas and (closed copies of) the shared CRD schemas only."""
+    """kubeconform -strict against the local Kubernetes schemas and (closed copies of) the upstream CRD schemas only."""
     cmd = [
         str(KUBECONFORM), "-strict", "-summary", "-output", "json",
         "-schema-location", f"{k8s_schema_dir()}/{{{{.ResourceKind}}}}{{{{.KindSuffix}}}}.json",

@@ -295,3 +295,16 @@ def test_optional_objects_can_be_switched_off():
     kinds = {o["kind"] for o in helm.render(values="minimal-values.yaml")}
     assert not kinds & {"Ingress", "ServiceMonitor", "PodMonitor", "PrometheusRule", "NetworkPolicy", "Job"}
     assert {"Deployment", "InferenceService", "Secret"} <= kinds
+
+
+def test_serving_containers_drain_before_they_stop(objects):
+    """A rollout (retraining, upgrade) fails no request: each serving container keeps serving drainSeconds after
+    its pod leaves the Service, so kube-proxy stops routing to it before its port closes."""
+    isvc = helm.one(objects, "InferenceService", "titanic")["spec"]
+    runtime = helm.one(objects, "ServingRuntime", "titanic-model-server")["spec"]
+    webapp = helm.one(objects, "Deployment", "titanic-webapp")["spec"]["template"]["spec"]
+    for c in (container(webapp, "webapp"), container(runtime, "kserve-container"),
+              container(isvc["transformer"], "kserve-container")):
+        assert c["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}, c["name"]
+    assert all("lifecycle" not in c for o in helm.render("--set", "drainSeconds=0")
+               for c in (o.get("spec", {}).get("template", {}).get("spec", {}).get("containers", [])))

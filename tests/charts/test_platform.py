@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from tests.charts import helm
+from tests.inputs import CHARTS_DIR
 
 PINS = helm.versions()
 VALUES_FILES = sorted(helm.UPSTREAM_VALUES.glob("*.yaml"))
@@ -244,30 +245,38 @@ def test_memory_budget():
 def test_third_party_images_are_what_the_pinned_charts_render(tmp_path):
     """`make load-third-party` pulls on the laptop what the charts would make the node pull from Docker Hub & co.
 
-    The list comes from rendering the pinned charts with our values (`make third-party-images`); here from
-    ../shared/charts, without kube-prometheus-stack, whose offline copy lacks its subcharts (helm cannot render it).
+    The list comes from rendering the pinned charts with our values (`make third-party-images`); here from the
+    test inputs' charts, without kube-prometheus-stack, whose offline copy in ../shared lacks its subcharts (helm
+    cannot render it).
     """
-    charts = helm.SHARED / "charts"
-    if not charts.is_dir():
-        pytest.skip(f"{charts} is missing (the upstream charts at their pinned versions)")
-    for chart in charts.iterdir():
+    for chart in CHARTS_DIR.iterdir():
         if chart.name != "kube-prometheus-stack" and (chart / "Chart.yaml").exists():
             (tmp_path / chart.name).symlink_to(chart)
     out = subprocess.run(["make", "-s", "--no-print-directory", "third-party-images", f"CHARTS_DIR={tmp_path}"],
                          cwd=helm.REPO, capture_output=True, text=True, check=True, timeout=300).stdout.split()
     names = {image.rsplit(":", 1)[0] for image in out}
     assert {"docker.io/traefik", "docker.io/chrislusf/seaweedfs", "docker.io/valkey/valkey", "kserve/kserve-controller",
-            "kserve/storage-initializer", "quay.io/jetstack/cert-manager-controller",
+            "kserve/storage-initializer", "kserve/agent", "quay.io/jetstack/cert-manager-controller",
             "ghcr.io/cloudnative-pg/cloudnative-pg", "ghcr.io/cloudnative-pg/postgresql"} <= names
     for image in out:
         assert re.search(r"(:[\w.-]+|@sha256:[0-9a-f]{64})$", image) and not image.endswith(":latest"), image
+    # The images KServe's controller injects into InferenceService pods (the agent beside a predictor without
+    # storageUri, the storage initializer) are named in its ConfigMap, in JSON, not on an image: line.
+    rendered = subprocess.run([str(helm.HELM), "template", "kserve-resources", str(CHARTS_DIR / "kserve-resources"),
+                               "-n", "kserve", "--kube-version", PINS["KUBE_VERSION"],
+                               "-f", str(helm.UPSTREAM_VALUES / "kserve-resources.yaml")],
+                              capture_output=True, text=True, check=True).stdout
+    (config,) = [o for o in yaml.safe_load_all(rendered)
+                 if o and o["kind"] == "ConfigMap" and o["metadata"]["name"] == "inferenceservice-config"]
+    injected = {json.loads(config["data"][entry])["image"] for entry in ("agent", "storageInitializer")}
+    version = PINS["KSERVE_CHART_VERSION"]
+    assert injected == {f"kserve/agent:{version}", f"kserve/storage-initializer:{version}"}
+    assert injected <= set(out)
 
 
 def test_traefik_replaces_its_pod_in_place_on_one_node():
     """hostPort 80/443 on one node: a surge pod could never schedule beside the old one (any change would time out)."""
-    chart = helm.SHARED / "charts" / "traefik"
-    if not chart.is_dir():
-        pytest.skip(f"{chart} is missing (the upstream charts at their pinned versions)")
+    chart = CHARTS_DIR / "traefik"
     rendered = subprocess.run([str(helm.HELM), "template", "traefik", str(chart), "-n", "traefik", "--kube-version",
                                PINS["KUBE_VERSION"], "-f", str(helm.UPSTREAM_VALUES / "traefik.yaml")],
                               capture_output=True, text=True, check=True).stdout

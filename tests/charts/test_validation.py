@@ -84,6 +84,15 @@ def test_values_schema_rejects_unsafe_settings():
             helm.render("--set", bad)
 
 
+def test_webapp_needs_threads_beyond_its_bound():
+    """The shed requests are answered by the threads beyond webapp.maxInFlight (webapp/shedding.py)."""
+    with pytest.raises(subprocess.CalledProcessError) as failure:
+        helm.render("--set", "webapp.gunicorn.threads=40", "--set", "webapp.maxInFlight=40")
+    assert "threads must exceed webapp.maxInFlight" in failure.value.stderr
+    webapp = helm.one(helm.render(), "Deployment", "titanic-webapp")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "WEBAPP_MAX_IN_FLIGHT", "value": "40"} in webapp["env"]
+
+
 def test_every_values_key_is_commented():
     """CONVENTIONS §13: a comment above every key of values.yaml; Kubernetes objects given as values
     (resources, security contexts) are described once, above their key."""

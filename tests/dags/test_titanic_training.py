@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ast
 import copy
+from types import SimpleNamespace
 import json
 import os
 import subprocess
 import sys
+import tempfile
 import textwrap
 from datetime import timedelta
 from pathlib import Path
@@ -22,9 +24,10 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 from airflow.providers.cncf.kubernetes.operators.pod import KubernetesPodOperator
 from airflow.providers.cncf.kubernetes.utils.xcom_sidecar import PodDefaults
-from airflow.sdk.exceptions import ParamValidationError
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException, ParamValidationError
 from airflow.serialization.serialized_objects import DagSerialization
 from kubernetes.client import ApiClient
+from kubernetes.client import models as k8s
 
 ROOT = Path(__file__).resolve().parents[2]
 DAG_FILE = ROOT / "dags" / "titanic_training.py"
@@ -61,10 +64,11 @@ class FakeTaskInstance:
         return XCOM[task_ids]
 
 
-def build_pod(dag, task_id: str, params: dict | None = None) -> dict:
+def build_pod(dag, task_id: str, params: dict | None = None, run_id: str = "manual__test") -> dict:
     """The pod `task_id` would create, rendered from a fresh copy of the task, as a JSON-ready dict."""
     task = copy.deepcopy(dag.get_task(task_id))
-    context = {"ti": FakeTaskInstance(task_id), "run_id": "manual__test", "dag": dag,
+    context = {"ti": FakeTaskInstance(task_id), "run_id": run_id, "dag": dag,
+               "dag_run": SimpleNamespace(run_id=run_id, run_type="manual"),
                "params": {**{k: dag.params[k] for k in dag.params}, **(params or {})}}
     task.render_template_fields(context)
     return ApiClient().sanitize_for_serialization(task.build_pod_request_obj(context, dry_run=True))
@@ -144,7 +148,7 @@ def test_dag_settings(dag):
     assert dag.catchup is False
     assert {"titanic", "training"} <= set(dag.tags)
     assert dag.doc_md and "ingest" in dag.doc_md
-    assert set(dag.params) == {"dataset_url", "dataset_sha256", "min_accuracy"}
+    assert set(dag.params) == {"dataset_url", "dataset_sha256", "min_accuracy", "group_features"}
     for task in dag.tasks:
         assert task.owner == "titanic-mlops"
         assert task.retries >= 1
@@ -195,7 +199,12 @@ def test_schema_validation_catches_a_broken_pod(dag):
 def test_identifiers_flow_through_xcom(dag):
     args = {step: base_container(build_pod(dag, step))["args"] for step in STEPS}
     assert args["features"] == ["features", "--batch", "b-123"]
-    assert args["train"] == ["train", "--feature-set", "fs-456", "--n-jobs", "2"]
+    assert args["train"] == ["train", "--feature-set", "fs-456", "--n-jobs", "2", "--run-id", "manual__test",
+                             "--trigger", "manual",  # lineage: the relay's record of this run names its alert
+                             "--group-features"]
+    assert base_container(build_pod(dag, "train", {"group_features": False}))["args"][-1] == "--no-group-features"
+    # a run id is the caller's text: a `$(VAR)` in it must reach the step verbatim, not expanded by the kubelet
+    assert base_container(build_pod(dag, "train", run_id="x$(HOME)"))["args"][-4] == "x$$(HOME)"
     assert base_container(build_pod(dag, "train"))["resources"]["limits"]["cpu"] == "2"  # one fit per CPU of the limit
     assert args["evaluate"] == ["evaluate", "--version", "v-789", "--min-accuracy", "0.78"]
     assert args["deploy"] == ["deploy", "--version", "v-789", "--namespace", "mlops", "--timeout", "300",
@@ -218,10 +227,31 @@ def test_pod_lifecycle_and_logs(dag):
         assert task.do_xcom_push is True
 
 
+def exit_codes(path: Path) -> dict[str, int]:
+    """The EXIT_* constants a module assigns, read without importing it (the DAG's venv has no project code)."""
+    tree = ast.parse(path.read_text())
+    return {node.targets[0].id: node.value.value for node in tree.body if isinstance(node, ast.Assign)
+            and isinstance(node.targets[0], ast.Name) and node.targets[0].id.startswith("EXIT_")}
+
+
+PIPELINE_EXIT = exit_codes(ROOT / "pipeline" / "errors.py")
+
+
+def dag_module(dag):
+    """The DAG file as DagBag loaded it (its constants and helpers)."""
+    return sys.modules[type(dag.get_task("train")).__module__]
+
+
+def test_the_dag_mirrors_the_pipelines_exit_codes_and_retries_only_what_can_pass(dag):
+    mirrored = exit_codes(DAG_FILE)
+    assert mirrored and mirrored.items() <= PIPELINE_EXIT.items()
+    not_retried = set(dag_module(dag).NOT_RETRIED)
+    assert not_retried == {PIPELINE_EXIT[n] for n in ("EXIT_REFUSED", "EXIT_USAGE", "EXIT_CREDENTIALS")}
+    assert PIPELINE_EXIT["EXIT_UNAVAILABLE"] not in not_retried and PIPELINE_EXIT["EXIT_UNEXPECTED"] not in not_retried
+
+
 def test_rejected_model_skips_deploy_with_the_exit_code_evaluate_uses(dag):
-    tree = ast.parse((ROOT / "pipeline" / "errors.py").read_text())
-    (code,) = [node.value.value for node in tree.body if isinstance(node, ast.Assign)
-               and any(getattr(t, "id", None) == "EXIT_MODEL_REJECTED" for t in node.targets)]
+    code = PIPELINE_EXIT["EXIT_MODEL_REJECTED"]
     assert dag.get_task("evaluate").skip_on_exit_code == [code]
     # ... and that constant is what `pipeline evaluate` returns for a rejection
     evaluate = ast.parse((ROOT / "pipeline" / "steps" / "evaluate.py").read_text())
@@ -294,6 +324,7 @@ def validate_conf(serialized_dag, conf: dict) -> dict:
     *({"dataset_sha256": value} for value in
       ["$(DATASET_SHA256)", "abc", "a" * 63, "a" * 65, "g" * 64, "a" * 64 + "\n", " " + "a" * 63]),
     *({"min_accuracy": value} for value in [1.5, -0.1, "0.9", "$(DATABASE_URL)", None, True]),
+    *({"group_features": value} for value in ["true", 1, None, "--no-group-features"]),
 ], ids=lambda conf: repr(conf)[:70])
 def test_a_run_with_an_invalid_param_is_refused(serialized_dag, conf):
     with pytest.raises(ParamValidationError):
@@ -305,6 +336,7 @@ def test_a_run_with_an_invalid_param_is_refused(serialized_dag, conf):
     {"dataset_url": "s3://raw/titanic/batch2.csv", "dataset_sha256": "AB" * 32, "min_accuracy": 0},
     {"dataset_url": "https://example.org/data/train.csv?version=2&x=%24", "min_accuracy": 1},
     {"dataset_url": "http://files.mlops.svc:8080/train.csv", "dataset_sha256": "", "min_accuracy": 0.85},
+    {"group_features": False},
 ], ids=repr)
 def test_a_run_with_valid_params_is_accepted(serialized_dag, conf):
     assert validate_conf(serialized_dag, conf) == {**{k: serialized_dag.params[k] for k in serialized_dag.params},
@@ -416,3 +448,48 @@ def test_every_flag_the_dag_passes_exists_in_the_cli(dag, cli_flags, step):
     args = base_container(build_pod(dag, step))["args"]
     passed = {a for a in args if a.startswith("--")}
     assert passed and passed <= cli_flags[step]
+
+
+@pytest.fixture(scope="module")
+def api_server(tmp_path_factory):
+    """A real kube-apiserver (tests/kube.py, no node): the operator's cleanup reads and patches real pods."""
+    if str(ROOT) not in sys.path:  # pytest runs this folder without the repository on the path
+        sys.path.insert(0, str(ROOT))
+    from tests import kube as local_kube
+
+    missing = [name for name in ("etcd", "kube-apiserver", "kubectl") if not (ROOT / "bin" / name).exists()]
+    if missing:
+        pytest.skip(f"bin/{missing[0]} is missing (`make kube-tools tools` builds it)")
+    root = Path(tempfile.mkdtemp(prefix="titanic-kube-"))
+    cluster = local_kube.up(root, kwok=False)
+    yield cluster
+    local_kube.down(root)
+
+
+def failed_pod(cluster, task, exit_code: int):
+    """A pod of `task` whose base container has terminated with `exit_code` (its status written as a kubelet would)."""
+    name = f"titanic-{task.task_id}-{exit_code}"
+    cluster.kubectl("apply", "-f", "-", input=json.dumps({
+        "apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": "default"},
+        "spec": {"containers": [{"name": task.base_container_name, "image": task.image}]}}))
+    terminated = {"name": task.base_container_name, "ready": False, "restartCount": 0, "image": task.image,
+                  "imageID": "", "state": {"terminated": {"exitCode": exit_code, "reason": "Error"}}}
+    cluster.kubectl("-n", "default", "patch", "pod", name, "--subresource=status", "--type=merge",
+                    "-p", json.dumps({"status": {"phase": "Failed", "containerStatuses": [terminated]}}))
+    return task.pod_manager.read_pod(k8s.V1Pod(metadata=k8s.V1ObjectMeta(name=name, namespace="default")))
+
+
+@pytest.mark.parametrize("step, code, outcome", [
+    ("train", 1, AirflowFailException), ("ingest", 2, AirflowFailException), ("features", 77, AirflowFailException),
+    ("train", 75, AirflowException), ("deploy", 70, AirflowException), ("train", 137, AirflowException),
+    ("evaluate", 99, AirflowSkipException), ("evaluate", 75, AirflowException)])
+def test_a_failed_step_is_retried_only_when_its_exit_code_says_a_retry_can_pass(dag, api_server, step, code, outcome):
+    """The operator's own cleanup against a real API server: AirflowFailException ends the task without retries."""
+    task = copy.deepcopy(dag.get_task(step))
+    task.config_file = api_server.kubeconfig
+    pod = failed_pod(api_server, task, code)
+    with pytest.raises(AirflowException) as raised:
+        task.cleanup(pod=pod, remote_pod=pod, context=None)
+    assert type(raised.value) is outcome, raised.value
+    if outcome is AirflowFailException:
+        assert str(raised.value).startswith(f"exit code {code}, ")

@@ -1,7 +1,13 @@
-"""Live-cluster fixtures: every test here needs the cluster of `make cluster-up` and is skipped without one."""
+"""Live-cluster fixtures: every test here needs a cluster with the platform and is skipped without one.
+
+Two such clusters: kind's of `make cluster-up` (defaults below), and the local cluster with a real node of
+`make local-platform-up`, whose `export` lines set KUBECONFIG, KUBE_CONTEXT, TITANIC_URL (the web app's
+Service address) and AIRFLOW_URL (Airflow on the host).
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -13,7 +19,14 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 CONTEXT = os.environ.get("KUBE_CONTEXT", "kind-titanic")
 KUBECTL = os.environ.get("KUBECTL") or shutil.which("kubectl") or str(REPO / "bin" / "kubectl")
-INGRESS_URL = os.environ.get("TITANIC_URL", "http://titanic.localhost")
+# The web app: through the ingress on kind, its Service address on the local cluster.
+TITANIC_URL = os.environ.get("TITANIC_URL", "http://titanic.localhost")
+# `kubectl wait` for a Ready InferenceService. Not --for=condition=Ready: kubectl ignores conditions while
+# status.observedGeneration < metadata.generation, and KServe's Standard mode reports the predictor Deployment's
+# observedGeneration there (see make/cluster.mk's ISVC_READY).
+ISVC_READY = "--for=jsonpath={.status.conditions[?(@.type==\"Ready\")].status}=True"
+# Airflow's API, to follow a run (optional: on kind `make airflow` port-forwards it to 127.0.0.1:8080).
+AIRFLOW_URL = os.environ.get("AIRFLOW_URL", "")
 
 
 def kubectl(*args: str, timeout: float = 60) -> str:
@@ -47,3 +60,17 @@ def pytest_collection_modifyitems(config, items):
 def service_proxy_get(namespace: str, service: str, path: str) -> dict:
     """GET through the API server's service proxy: no port-forward needed."""
     return json.loads(kubectl("get", "--raw", f"/api/v1/namespaces/{namespace}/services/{service}/proxy{path}"))
+
+
+def secret_value(namespace: str, name: str, key: str) -> str:
+    return base64.b64decode(kubectl("-n", namespace, "get", "secret", name, "-o", f"jsonpath={{.data.{key}}}")).decode()
+
+
+def monitoring_missing_reason() -> str | None:
+    """kube-prometheus-stack runs on kind; the local cluster cannot run its images (none can be pulled here)."""
+    try:
+        kubectl("-n", "monitoring", "get", "service", "kps-prometheus", timeout=10)
+    except subprocess.CalledProcessError:
+        return ("kube-prometheus-stack (Prometheus, Grafana) is not installed on this cluster: its images cannot be "
+                "pulled or built on this machine")
+    return None

@@ -26,16 +26,17 @@ import yaml
 from kubernetes import client as k8s_client
 
 from pipeline import registry
-from pipeline.errors import ModelNotFound, PipelineError
+from pipeline.errors import EXIT_REFUSED, EXIT_UNAVAILABLE, ModelNotFound, PipelineError
 from pipeline.steps import deploy
 from pipeline.store import postgres
 from tests.conftest import settings_env
+from tests.inputs import CRD_SCHEMAS
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGE = "titanic-model-server:test"
-ISVC_SCHEMA = ROOT.parent / "shared" / "k8s" / "schemas" / "serving.kserve.io" / "inferenceservice_v1beta1.json"
+ISVC_SCHEMA = CRD_SCHEMAS / "serving.kserve.io" / "inferenceservice_v1beta1.json"
 ISVC_PATH = re.compile(r"^/apis/serving\.kserve\.io/v1beta1/namespaces/([^/]+)/inferenceservices(?:/([^/?]+))?")
 
 
@@ -354,6 +355,7 @@ def test_timeout_restores_the_previous_uri_and_leaves_the_registry_unchanged(set
     assert f"restored storageUri {deploy.model_uri(settings, 'v1')}" in message
     assert "registry unchanged" in message
     assert isinstance(failure.value, PipelineError)  # the CLI turns it into a non-zero exit
+    assert failure.value.exit_code == EXIT_UNAVAILABLE  # a slow rollout, not a failed one: Airflow retries it
     assert serving_v1.uri() == deploy.model_uri(settings, "v1")
     assert [c[0] for c in serving_v1.calls].count("PATCH") == 2  # forward, then back
     assert models() == {"v1": "production", "v2": "approved", "v3": "approved", "v4": "rejected"}
@@ -367,8 +369,9 @@ def test_a_failed_model_load_rolls_back_without_waiting_for_the_timeout(settings
 
     serving_v1.controller = failing_load
     started = time.monotonic()
-    with pytest.raises(deploy.DeployFailed, match="BlockedByFailedLoad: ModelLoadFailed bad pickle"):
+    with pytest.raises(deploy.DeployFailed, match="BlockedByFailedLoad: ModelLoadFailed bad pickle") as failure:
         deploy.run(settings, "v3", "mlops", timeout=30, api=serving_v1.api(), serving_check=None, poll_interval=0.01)
+    assert failure.value.exit_code == EXIT_REFUSED  # the model does not load: a retry cannot help
     assert time.monotonic() - started < 10
     assert serving_v1.uri() == deploy.model_uri(settings, "v1")
     assert models()["v1"] == "production" and models()["v3"] == "approved"
@@ -434,3 +437,25 @@ def test_no_transaction_is_held_open_while_waiting_for_the_rollout(settings, mod
     deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), serving_check=None, poll_interval=0.01)
     assert seen == ["free"]
     assert models()["v2"] == "production"
+
+
+def test_a_version_rejected_during_the_rollout_is_not_promoted_and_no_longer_served(settings, models, serving_v1):
+    """The gate's verdict can change while the new model rolls out (a re-evaluation): promote re-checks it,
+    and the InferenceService goes back to the production version."""
+    serving_v1.controller = healthy
+
+    def reject_then_serve(version: str) -> None:
+        conn = postgres.connect(settings, migrated=False)
+        try:
+            registry.set_status(conn, settings.model_name, version, "rejected", "re-evaluated")
+        finally:
+            conn.close()
+        return None  # the new model answers: the rollout itself succeeds
+
+    with pytest.raises(deploy.DeployFailed) as failure:
+        deploy.run(settings, "v2", "mlops", timeout=5, api=serving_v1.api(), serving_check=reject_then_serve,
+                   poll_interval=0.01)
+    assert "version v2 is rejected, no longer approved: not promoted" in str(failure.value)
+    assert f"restored storageUri {deploy.model_uri(settings, 'v1')}" in str(failure.value)
+    assert serving_v1.uri() == deploy.model_uri(settings, "v1")
+    assert models() == {"v1": "production", "v2": "rejected", "v3": "approved", "v4": "rejected"}

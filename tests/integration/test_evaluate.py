@@ -25,7 +25,7 @@ def gate(services):
     settings = make_settings(services, "gate")
     ingest.run(settings, source=str(TRAIN_CSV))
     feature_set = features_step.run(settings)["feature_set"]
-    good = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=42)["version"]
+    good = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=42, cv_repeats=1)["version"]
 
     conn = postgres.connect(settings)
     try:
@@ -36,7 +36,7 @@ def gate(services):
             shuffled = np.random.default_rng(0).permutation(labels)
             cur.executemany("UPDATE passengers SET survived = %s WHERE passenger_id = %s",
                             [(int(s), i) for s, i in zip(shuffled, ids)])
-        weak = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=42)["version"]
+        weak = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=42, cv_repeats=1)["version"]
         with conn, conn.cursor() as cur:
             cur.execute("UPDATE passengers p SET survived = t.survived FROM true_labels t WHERE t.passenger_id = p.passenger_id")
     finally:
@@ -82,10 +82,13 @@ def test_gate_compares_with_production_on_the_same_holdout(gate):
     deploy.run(settings, good, target="local")
     try:
         # an equally good retrain passes within the tolerance ...
-        same = train.run(settings, feature_set=status(settings, good)["feature_set"], n_iter=2, cv=3, seed=42)["version"]
+        same = train.run(settings, feature_set=status(settings, good)["feature_set"], n_iter=2, cv=3, seed=42, cv_repeats=1)["version"]
         verdict = evaluate.run(settings, version=same, min_accuracy=0.0, tolerance=0.01)
         assert verdict["approved"] and verdict["production_version"] == good
         assert verdict["production_accuracy"] == verdict["accuracy"]
+        # the reason says what was compared: the same rows, neither model trained on them; repeated CV only quoted
+        assert any("both on the same 179 hold-out rows, neither trained on them" in r for r in verdict["reasons"])
+        assert any(r.startswith("repeated CV 0.") and "over 5 folds" in r and "not gated" in r for r in verdict["reasons"])
         # ... and is rejected when it must beat production by a margin (negative tolerance)
         verdict = evaluate.run(settings, version=same, min_accuracy=0.0, tolerance=-0.05)
         assert not verdict["approved"]
@@ -133,7 +136,7 @@ def test_production_is_not_scored_on_rows_it_was_trained_on(gate):
 
     settings, good, _ = gate
     feature_set = status(settings, good)["feature_set"]
-    other = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=7)["version"]
+    other = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=7, cv_repeats=1)["version"]
     conn = postgres.connect(settings)
     try:
         registry.set_status(conn, settings.model_name, other, "approved")
@@ -178,5 +181,21 @@ def test_a_version_promoted_while_being_evaluated_stays_production(gate, monkeyp
         verdict = evaluate.run(settings, version=good, min_accuracy=0.99)
         assert not verdict["approved"]
         assert status(settings, good)["status"] == "production"
+    finally:
+        clear_production(settings)
+
+
+def test_a_group_production_model_is_scored_with_its_own_training_labels(gate):
+    settings, good, _ = gate
+    feature_set = status(settings, good)["feature_set"]
+    grouped = train.run(settings, feature_set=feature_set, n_iter=1, cv=3, seed=42, cv_repeats=0, group_features=True)
+    assert evaluate.run(settings, version=grouped["version"], min_accuracy=0.0)["approved"]
+    deploy.run(settings, grouped["version"], target="local")
+    try:
+        verdict = evaluate.run(settings, version=good, min_accuracy=0.0, tolerance=1.0)
+        # the same split seed, so the same hold-out: production's group features come from the labels it was
+        # trained on, and it scores exactly what its train step reported for those rows
+        assert verdict["production_version"] == grouped["version"] and verdict["compared_rows"] == 179
+        assert verdict["production_accuracy"] == grouped["metrics"]["accuracy"]
     finally:
         clear_production(settings)

@@ -157,10 +157,11 @@ def test_features_step_publishes_a_set_and_an_offline_snapshot(settings, frame):
     store = FeatureStore(settings)
     assert store.current() == result["feature_set"]
     online = store.read(result["feature_set"])
-    pd.testing.assert_frame_equal(online, frame)
+    pd.testing.assert_frame_equal(online[features.FEATURE_COLUMNS], frame)
+    assert online.loc[1, "Group"] == "A/52117|7.2|S"  # the group id rides along for training's group statistics
     assert schema.LABEL not in online.columns  # the label is not an online feature
     assert store.client.get(key(settings.feature_store_prefix, "v", result["feature_set"], "e", 1)).count(b",") == \
-        len(features.FEATURE_COLUMNS) - 1
+        len(features.FEATURE_COLUMNS)
 
     snapshot = features_step.read_snapshot(settings, result["feature_set"])
     assert result["snapshot_uri"].endswith(features_step.snapshot_key(settings, result["feature_set"]))
@@ -208,3 +209,33 @@ def test_a_build_in_progress_survives_the_gc_of_a_build_that_finished_first(make
     later = [second.write(small) for _ in range(2)]
     assert second.versions() == later
     assert not list(second.client.scan_iter(match=key(second.prefix, "v", slow, "*")))  # no leaked keys
+
+
+@pytest.mark.parametrize("keep", [1, 2, 3])
+def test_gc_never_deletes_the_set_a_concurrent_switch_is_moving_to(make_store, frame, keep):
+    """A features run has written its set and is about to switch to it while `keep` later runs switch and
+    collect: whatever FEATURE_SETS_KEEP is, its set survives them, and the switch to it succeeds."""
+    store = make_store(keep=keep)
+    small = frame.head(5)
+    store.write(small)  # what was current before
+    pending = store.write(small.assign(Fare=1.0), activate=False)  # complete; its switch not made yet
+    later = [store.write(small) for _ in range(keep)]  # each switches to its own set and garbage-collects
+    assert store.current() == later[-1] and pending in store.versions()
+    store.activate(pending)
+    version, read = store.read_current()
+    assert version == pending
+    pd.testing.assert_frame_equal(read, small.assign(Fare=1.0))
+
+
+def test_gc_retires_a_set_only_while_it_is_not_current_and_a_retired_set_cannot_become_current(make_store, frame):
+    """The two atomic steps a switch and a GC can race on: whichever runs first, `current` names a whole set."""
+    store = make_store(keep=3)
+    small = frame.head(5)
+    old, current = store.write(small), store.write(small)
+    assert store.retire(current) is False  # the switch came first: GC leaves the set whole
+    pd.testing.assert_frame_equal(store.read(current), small)
+    assert store.retire(old) is True  # GC came first: the switch to it fails, current stays
+    with pytest.raises(FeatureSetNotFound, match="does not exist"):
+        store.activate(old)
+    assert store.current() == current
+    assert old in store.gc() and not list(store.client.scan_iter(match=key(store.prefix, "v", old, "*")))

@@ -66,3 +66,36 @@ def test_concurrent_promote_reports_the_version_it_replaced(settings, registered
     out = _promote_concurrently(settings, "v2", "v3")
     assert out == {"v2": "v1", "v3": "v2"}
     assert _statuses(registered, settings) == {"v1": "archived", "v2": "archived", "v3": "production"}
+
+
+def test_promote_refuses_a_version_rejected_while_it_waited_for_the_lock(settings, registered):
+    """A verdict committed while promote waits for the row locks is the one promote acts on."""
+    verdict = postgres.connect(settings, migrated=False)
+    cur = verdict.cursor()
+    cur.execute("UPDATE model_versions SET status = 'rejected' WHERE model_name = %s AND version = 'v3'",
+                (settings.model_name,))  # holds v3's row lock, not committed yet
+    out: dict = {}
+
+    def promote() -> None:
+        conn = postgres.connect(settings, migrated=False)
+        try:
+            out["previous"] = registry.promote(conn, settings.model_name, "v3")
+        except Exception as exc:
+            out["error"] = exc
+        finally:
+            conn.close()
+
+    waiting = threading.Thread(target=promote)
+    waiting.start()
+    time.sleep(0.5)
+    assert waiting.is_alive() and not out  # blocked on the lock: it read nothing yet
+    verdict.commit()
+    verdict.close()
+    waiting.join(10)
+    assert isinstance(out.get("error"), registry.NotApproved), out
+    assert "version v3 is rejected, no longer approved: not promoted" in str(out["error"])
+    assert _statuses(registered, settings) == {"v1": "approved", "v2": "approved", "v3": "rejected"}
+    registry.register(registered, settings.model_name, "v4", artifact_uri="s3://m/v4", metrics={}, params={},
+                      feature_set="fs1")
+    with pytest.raises(registry.NotApproved, match="is candidate"):  # never approved: refused as well
+        registry.promote(registered, settings.model_name, "v4")

@@ -120,24 +120,26 @@ def test_feature_store_redis_gives_up(silent):
 
 def test_transformer_lookup_by_id_gives_up_on_a_hung_redis(silent):
     """The transformer reads Redis on the event loop: a hung Redis must cost a bounded wait, then an error."""
-    from pipeline.serving.transformer import TitanicTransformer
+    from pipeline.serving.transformer import FeatureStoreUnavailable, TitanicTransformer
 
     settings = Settings(redis_url=f"redis://127.0.0.1:{silent.port}/0", redis_socket_timeout=0.5,
                         redis_socket_connect_timeout=0.5)
     # built as `python -m pipeline.serving transformer --feature_lookup` builds it
     model = TitanicTransformer("titanic", None, feature_store=FeatureStore(settings), locate=lambda v: None)
     error = fails_in_bounded_time(lambda: model._stored_features([0], [{"PassengerId": 1}], []))
-    assert isinstance(error, redis.TimeoutError), repr(error)
+    # a 503 naming the feature store (issue 13), caused by the bounded wait
+    assert isinstance(error, FeatureStoreUnavailable) and isinstance(error.__cause__, redis.TimeoutError), repr(error)
     assert configured_timeouts(model.feature_store.client) == (0.5, 0.5)
 
 
-def test_relay_redis_gives_up_and_the_webhook_answers(silent):
+def test_relay_redis_gives_up_and_the_webhook_answers(silent, settings):
     from tests.monitoring.payloads import TOKEN, alert_payload, auth
     from webapp import create_app
 
-    settings = Settings(redis_url=f"redis://127.0.0.1:{silent.port}/0", redis_socket_timeout=0.5,
-                        redis_socket_connect_timeout=0.5, alert_webhook_token=TOKEN,
-                        airflow_api_url="http://127.0.0.1:9", kserve_url="http://127.0.0.1:9")
+    # a real Postgres: the relay opens its decision log first, then reads Redis
+    settings = settings.model_copy(update=dict(
+        redis_url=f"redis://127.0.0.1:{silent.port}/0", redis_socket_timeout=0.5, redis_socket_connect_timeout=0.5,
+        alert_webhook_token=TOKEN, airflow_api_url="http://127.0.0.1:9", kserve_url="http://127.0.0.1:9"))
     app = create_app({"SETTINGS": settings})
     client = app.test_client()
     response = None

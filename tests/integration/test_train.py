@@ -38,7 +38,7 @@ def built(services):
 
 def test_training_writes_every_artefact_and_then_a_candidate_row(built):
     settings, feature_set = built
-    result = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=7)
+    result = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=7, cv_repeats=1)
     bucket, prefix = s3_store.split_uri(result["artifact_uri"])
     names = {o.object_name.rsplit("/", 1)[1] for o in s3_store.client(settings).list_objects(bucket, prefix + "/")}
     assert names == ARTEFACTS
@@ -63,8 +63,13 @@ def test_metadata_and_reference(trained_model):
     assert meta["numeric_features"] == features.NUMERIC_FEATURES
     assert meta["categorical_features"] == features.CATEGORICAL_FEATURES
     metrics = meta["metrics"]
-    for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "cv_mean", "cv_std"):
+    for name in ("accuracy", "precision", "recall", "f1", "roc_auc", "cv_mean", "cv_std", "repeated_cv_mean",
+                 "repeated_cv_std"):
         assert 0 <= metrics[name] <= 1, name
+    repeated = meta["validation"]["repeated_cv"]  # fresh folds of the chosen configuration, one score per fold
+    assert metrics["repeated_cv_folds"] == len(repeated["scores"]) == repeated["splits"] * repeated["repeats"]
+    assert metrics["repeated_cv_mean"] == pytest.approx(np.mean(repeated["scores"]))
+    assert metrics["repeated_cv_std"] == pytest.approx(np.std(repeated["scores"])) and metrics["repeated_cv_std"] > 0
     assert metrics["holdout_size"] == 179 and metrics["train_size"] == 712  # stratified 20 % of 891
     assert np.asarray(metrics["confusion_matrix"]).sum() == 179
     assert len(meta["holdout_ids"]) == 179
@@ -95,12 +100,12 @@ def test_saved_pipeline_takes_raw_feature_frames(trained_model):
 
 def test_same_data_and_seed_give_identical_metrics_and_predictions(built):
     settings, feature_set = built
-    first = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=11)
-    second = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=11)
+    first = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=11, cv_repeats=1)
+    second = train.run(settings, feature_set=feature_set, n_iter=2, cv=3, seed=11, cv_repeats=1)
     assert first["version"] != second["version"]
     assert first["metrics"] == second["metrics"] and first["params"] == second["params"]
     a, b = model.load(settings, first["artifact_uri"]), model.load(settings, second["artifact_uri"])
-    X, _ = train.load_training_frame(settings, feature_set)
+    X, _, _ = train.load_training_frame(settings, feature_set)
     assert a.predict_proba(X).tobytes() == b.predict_proba(X).tobytes()
     meta_a, meta_b = (model.load_json(settings, r["artifact_uri"]) for r in (first, second))
     assert meta_a["data_sha256"] == meta_b["data_sha256"]
@@ -133,10 +138,25 @@ def test_cli_reports_a_missing_feature_set(settings):
 
 def test_snapshot_of_the_feature_set_matches_what_training_read(built):
     settings, feature_set = built
-    X, y = train.load_training_frame(settings, feature_set)
+    X, y, source = train.load_training_frame(settings, feature_set)
+    assert source == "redis"
     snapshot = features_step.read_snapshot(settings, feature_set)
-    pd.testing.assert_frame_equal(snapshot[features.FEATURE_COLUMNS], X, check_names=False)
+    pd.testing.assert_frame_equal(snapshot[[*features.FEATURE_COLUMNS, model.GROUP_COLUMN]], X, check_names=False)
     assert (snapshot[schema.LABEL].astype(int) == y).all()
+
+
+def test_group_model_trains_on_fold_statistics_and_is_evaluated_with_the_sets(built):
+    settings, feature_set = built
+    result = train.run(settings, feature_set=feature_set, n_iter=1, cv=3, seed=5, n_jobs=1, group_features=True)
+    meta = model.load_json(settings, result["artifact_uri"])
+    assert meta["group_features"] is True and meta["feature_set"] == feature_set
+    assert meta["feature_columns"] == features.FEATURE_COLUMNS + features.GROUP_FEATURES
+    saved = model.load(settings, result["artifact_uri"])
+    assert saved.named_steps["preprocess"].transformers_[0][2][-4:] == features.GROUP_FEATURES  # a plain Pipeline
+    verdict = evaluate.run(settings, result["version"], min_accuracy=0.5)
+    # the gate scores the saved Pipeline on the hold-out with the statistics of the training labels only: the
+    # same figure as the train step's, not one flattered by the other hold-out rows' labels
+    assert verdict["accuracy"] == result["metrics"]["accuracy"]
 
 
 class _Touch:
@@ -184,3 +204,27 @@ def test_a_model_overwritten_after_training_is_refused_before_unpickling(built, 
     assert "error: predictor: model artefact" in proc.stderr and "model.joblib" in proc.stderr
     assert all(h in proc.stderr for h in hashes)
     assert not marker.exists()  # refused before unpickling: the code in the pickle never ran
+
+
+def test_training_falls_back_to_the_snapshot_of_a_set_redis_no_longer_has(settings):
+    """Collected from Redis (FEATURE_SETS_KEEP newer sets) or Redis emptied: train reads the set's offline
+    snapshot and trains on exactly the same data; with neither, the error names both places."""
+    from pipeline.store.feature_store import FeatureStore
+
+    ingest.run(settings, source=str(TRAIN_CSV))
+    feature_set = features_step.run(settings)["feature_set"]
+    online = train.run(settings, feature_set=feature_set, n_iter=1, cv=2, seed=5, n_jobs=1)
+    store = FeatureStore(settings.model_copy(update={"feature_sets_keep": 1}))
+    store.write(store.read(feature_set))  # a newer set, after which GC keeps only that one
+    with pytest.raises(FeatureSetNotFound):
+        store.read(feature_set)
+
+    offline = train.run(settings, feature_set=feature_set, n_iter=1, cv=2, seed=5, n_jobs=1)
+    assert (online["feature_source"], offline["feature_source"]) == ("redis", "snapshot")
+    assert offline["metrics"] == online["metrics"] and offline["params"] == online["params"]
+    metas = [model.load_json(settings, r["artifact_uri"]) for r in (online, offline)]
+    assert metas[0]["data_sha256"] == metas[1]["data_sha256"] and metas[0]["holdout_ids"] == metas[1]["holdout_ids"]
+
+    s3_store.client(settings).remove_object(settings.bucket_features, features_step.snapshot_key(settings, feature_set))
+    with pytest.raises(FeatureSetNotFound, match="does not exist in the online store .*nor has it an offline snapshot"):
+        train.run(settings, feature_set=feature_set, n_iter=1, cv=2, n_jobs=1)

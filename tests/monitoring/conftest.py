@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import make_settings
-from tests.monitoring import airflow_server
+from tests import airflow_server
 from tests.monitoring.payloads import TOKEN
 
 
@@ -18,9 +18,13 @@ from tests.monitoring.payloads import TOKEN
 def airflow():
     """`airflow api-server` from .venv-airflow on a free port, stopped at the end of the session."""
     home = Path(tempfile.mkdtemp(prefix="titanic-airflow-"))
-    server, proc = airflow_server.start(home)
+    try:
+        server, procs = airflow_server.start(home)
+    except BaseException:  # a failed start leaves /tmp as it found it too
+        shutil.rmtree(home, ignore_errors=True)
+        raise
     yield server
-    airflow_server.stop(proc)
+    airflow_server.stop(procs)
     shutil.rmtree(home, ignore_errors=True)  # leave /tmp as the session found it
 
 

@@ -9,16 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 from pathlib import Path
 
 import pandas as pd
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
-# The team's copy of Kaggle's train.csv (the test dataset); `make drift-demo` passes --csv.
-TRAIN_CSV = Path(os.environ.get("SHARED", REPO.parent / "shared")) / "data" / "titanic" / "train.csv"
+from tests.inputs import TRAIN_CSV  # Kaggle's train.csv, the test dataset; `make drift-demo` passes --csv
 
 FIELDS = ["Name", "Sex", "Age", "Pclass", "SibSp", "Parch", "Fare", "Embarked", "Cabin"]
 

@@ -157,7 +157,7 @@ def _runs(airflow) -> dict[str, dict]:
 
 
 def airflow_server_dag() -> str:
-    from tests.monitoring.airflow_server import DAG_ID
+    from tests.airflow_server import DAG_ID
 
     return DAG_ID
 

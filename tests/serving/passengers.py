@@ -41,6 +41,6 @@ def random_passengers(n: int, seed: int = 0) -> pd.DataFrame:
 
 def instances(frame: pd.DataFrame) -> list[dict]:
     """JSON-ready request instances: the prediction fields, missing values as null."""
-    out = frame[schema.INSTANCE_FIELDS].astype(object)
+    out = frame[[f for f in schema.INSTANCE_FIELDS if f in frame.columns]].astype(object)  # Ticket is optional
     out = out.where(out.notna() & (out != ""), None)
     return out.to_dict("records")

@@ -18,8 +18,9 @@ THRESHOLD = 0.2
 WINDOW = 300
 
 
-def _features(raw: pd.DataFrame) -> pd.DataFrame:
-    return features.transform(schema.validate(raw, require_id=False).valid)
+def _features(raw: pd.DataFrame) -> list[dict]:
+    """Feature vectors as the transformer serves them (and observes them)."""
+    return features.transform(schema.validate(raw, require_id=False).valid).to_dict("records")
 
 
 def test_psi_is_zero_for_equal_and_grows_with_shift():
@@ -32,9 +33,9 @@ def test_window_counts_equal_a_fresh_count_of_the_last_rows(trained_model):
     X = _features(train_rows())
     monitor = DriftMonitor(trained_model.reference, window=100, threshold=THRESHOLD, min_samples=50)
     for start in range(0, 891, 37):  # uneven batches wrap around the ring
-        monitor.observe(X.iloc[start:start + 37])
+        monitor.observe(X[start:start + 37])
     fresh = DriftMonitor(trained_model.reference, window=100, threshold=THRESHOLD, min_samples=50)
-    fresh.observe(X.iloc[-100:])
+    fresh.observe(X[-100:])
     assert monitor.samples == fresh.samples == 100
     assert monitor.psi() == pytest.approx(fresh.psi())
 

@@ -8,8 +8,9 @@ import time
 
 import requests
 
-from tests.fixtures.serving import start_predictor, start_transformer
+from tests.fixtures.serving import launch, start_predictor, start_transformer
 from tests.serving.test_server import ROSE
+from tests.services import wait_http
 
 TIMEOUT_S = 2
 
@@ -51,8 +52,13 @@ def test_predictor_hung_then_killed(trained_model, tmp_path):
 
 def test_predictor_error_answer_is_a_502(trained_model, model_server, tmp_path):
     """A predictor that answers with an error (here 404: it serves no model of that name) -> 502 naming it."""
-    transformer = start_transformer(trained_model, model_server.predictor, tmp_path, "--model_name", "other")
+    host = model_server.predictor.url.removeprefix("http://")
+    transformer = launch("transformer", trained_model.settings, ["--model_uri", trained_model.artifact_uri,
+                         "--predictor_host", host, "--model_name", "other"], tmp_path, wait=False)
     try:
+        # never ready (its predictor has no model "other"), yet a request sent anyway gets a clear answer
+        wait_http(f"{transformer.url}/v2/health/live", transformer.proc, "transformer", timeout=90, log=transformer.log_text)
+        assert requests.get(f"{transformer.url}/v1/models/other", timeout=10).status_code == 503
         r = requests.post(f"{transformer.url}/v1/models/other:predict", json={"instances": [ROSE]}, timeout=30)
         assert r.status_code == 502, r.text
         assert "answered HTTP 404" in r.json()["error"]

@@ -16,8 +16,12 @@ def test_two_stage_build_from_the_pinned_base_with_the_serving_extra():
     global_args, builder, final = stages(instructions(DOCKERFILE))
     assert arg_defaults(global_args)["PYTHON_BASE_IMAGE"] == PINS["PYTHON_BASE_IMAGE"]
     assert builder[0][1] == "${PYTHON_BASE_IMAGE} AS builder" and final[0][1] == "${PYTHON_BASE_IMAGE}"
-    (install,) = [args for op, args in builder if op == "RUN" and "pip install" in args]
-    assert '".[serving]"' in install and "--only-binary=:all:" in install
+    # Dependencies from pyproject.toml first, then the sources: a source change rebuilds the second layer only.
+    deps, project = [i for i, (op, args) in enumerate(builder) if op == "RUN" and "pip install" in args]
+    assert '".[serving]"' in builder[deps][1] and "--only-binary=:all:" in builder[deps][1]
+    assert "--no-deps" in builder[project][1]
+    sources = builder.index(("COPY", "pipeline/ pipeline/"))
+    assert deps < sources < project
     assert ("COPY", "--from=builder /opt/venv /opt/venv") in final
     assert not [args for op, args in final if op == "RUN" and (COMPILERS.search(args) or "pip install" in args)]
 

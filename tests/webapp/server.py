@@ -23,7 +23,10 @@ def gunicorn(env: dict[str, str], *, workers: int = 2, threads: int = 4):
     PROMETHEUS_MULTIPROC_DIR, as in the image.
     """
     port = free_port()
-    with tempfile.TemporaryDirectory(prefix="webapp-metrics-") as metrics_dir:
+    # Its log goes to a file: a pipe nobody reads fills up (64 KiB, a few seconds of failing requests'
+    # warnings) and then blocks every worker on its next log line.
+    with (tempfile.TemporaryDirectory(prefix="webapp-metrics-") as metrics_dir,
+          tempfile.NamedTemporaryFile(prefix="webapp-", suffix=".log") as log):
         full_env = {
             **os.environ, **env,
             "PROMETHEUS_MULTIPROC_DIR": metrics_dir,
@@ -34,11 +37,11 @@ def gunicorn(env: dict[str, str], *, workers: int = 2, threads: int = 4):
         proc = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "python:webapp.gunicorn_conf", "--bind", f"127.0.0.1:{port}",
              "webapp:create_app()"],
-            cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            cwd=REPO, env=full_env, stdout=subprocess.DEVNULL, stderr=log,
         )
         url = f"http://127.0.0.1:{port}"
         try:
-            wait_http(f"{url}/healthz", proc, "gunicorn", timeout=60, log=lambda: proc.stderr.read())
+            wait_http(f"{url}/healthz", proc, "gunicorn", timeout=60, log=lambda: Path(log.name).read_text(errors="replace"))
             yield url
         finally:
             stop_process(proc, timeout=20)

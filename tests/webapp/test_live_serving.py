@@ -72,6 +72,34 @@ def test_form_shows_outcome_probability_and_version_and_counts_it(app, model_ser
     assert REGISTRY.get_sample_value("titanic_web_predictions_total", {"outcome": outcome}) == before + 1
 
 
+def test_api_explain_adds_up_to_the_api_prediction_of_the_same_passengers(app, model_server):
+    instances = _passengers(30)
+    client = app.test_client()
+    explained, predicted = client.post("/api/explain", json=instances), client.post("/api/predict", json=instances)
+    assert explained.status_code == predicted.status_code == 200, explained.json
+    assert explained.json["model_version"] == predicted.json["model_version"] == model_server.model_version
+    expected = _expected(model_server, instances)
+    for e, p, x in zip(explained.json["explanations"], predicted.json["predictions"], expected, strict=True):
+        assert set(e["contributions"]) == set(features.FEATURE_COLUMNS)
+        assert e["base"] + sum(e["contributions"].values()) == pytest.approx(e["probability"], abs=1e-6)
+        assert e["probability"] == pytest.approx(x, abs=1e-9)  # the same sklearn forest
+        assert e["probability"] == pytest.approx(p["probability"], abs=1e-5)  # the ONNX answer of :predict
+        if abs(x - 0.5) > 1e-5:
+            assert e["survived"] == p["survived"] == int(x > 0.5)
+    bad = client.post("/api/explain", json={**VALID, "Age": 150})
+    assert bad.status_code == 400 and bad.json["errors"][0]["field"] == "Age"
+
+
+def test_form_shows_what_moved_the_prediction_in_plain_words(app, model_server):
+    woman = {**VALID, "Sex": "female", "Pclass": 1, "Name": "Allen, Miss. Elisabeth Walton"}
+    html = app.test_client().post("/", data={k: str(v) for k, v in woman.items() if v is not None}).get_data(as_text=True)
+    shown = re.findall(r'data-factor="(\w+)" data-points="(-?[\d.]+)"', html)
+    assert len(shown) == 5 and [abs(float(p)) for _, p in shown] == sorted((abs(float(p)) for _, p in shown), reverse=True)
+    points = dict(shown)
+    assert float(points["Sex"]) > 0 and re.search(r">female</span>\s*<span[^>]*>\+\d+ points<", html)
+    assert "1st class" in html or "Pclass" not in points
+
+
 def test_readyz_when_the_model_is_loaded(app):
     response = app.test_client().get("/readyz")
     assert response.status_code == 200 and response.json == {"ready": True, "kserve": "ready"}

@@ -10,7 +10,14 @@ from .conftest import VALID
 def test_valid_passenger_is_normalised():
     clean, errors = validate({**VALID, "Sex": " Female ", "Embarked": "c", "Age": "38", "Pclass": "1"})
     assert errors == []
-    assert clean == {**VALID, "Sex": "female", "Embarked": "C", "Age": 38.0, "Pclass": 1}
+    assert clean == {**VALID, "Sex": "female", "Embarked": "C", "Age": 38.0, "Pclass": 1, "Ticket": None}
+
+
+def test_ticket_is_optional_text_and_kept():
+    clean, errors = validate({**VALID, "Ticket": " PC 17599 "})
+    assert errors == [] and clean["Ticket"] == "PC 17599"
+    _, errors = validate({**VALID, "Ticket": "x" * 41})
+    assert [e.field for e in errors] == ["Ticket"] and "40" in errors[0].message
 
 
 def test_form_defaults_are_valid():

@@ -86,8 +86,14 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- printf "%s-onnx-sklearn" .Values.inferenceService.name }}
 {{- end }}
 
-{{/* titanic.modelServerProbes: readiness (the model is loaded) and liveness of a model-server container. */}}
+{{/* titanic.modelServerProbes: start-up, readiness (the model is loaded) and liveness of a model-server container. */}}
 {{- define "titanic.modelServerProbes" -}}
+{{- /* Liveness starts only once the server has answered: a busy node can take a minute to import and load, and
+       a liveness kill then would restart it into the same slow start (a crash loop that never serves). */}}
+startupProbe:
+  httpGet: {path: /v2/health/live, port: http1}
+  periodSeconds: 5
+  failureThreshold: 60
 readinessProbe:
   httpGet: {path: {{ printf "/v1/models/%s" .Values.inferenceService.name | quote }}, port: http1}
   periodSeconds: 5
@@ -97,6 +103,16 @@ livenessProbe:
   periodSeconds: 20
   timeoutSeconds: 3
   failureThreshold: 3
+{{- end }}
+
+{{/* titanic.drain: a serving container keeps serving drainSeconds after its pod leaves the Service's endpoints
+     (preStop runs before SIGTERM), so kube-proxy and the callers' connection pools stop sending to it first. */}}
+{{- define "titanic.drain" -}}
+{{- with .Values.drainSeconds }}
+lifecycle:
+  preStop:
+    sleep: {seconds: {{ . }}}
+{{- end }}
 {{- end }}
 
 {{/* titanic.credential: a generated credential kept across upgrades - the explicit value, else the value in the live Secret, else a new random one. Call with (dict "root" . "key" "S3_SECRET_KEY" "value" .Values.credentials.s3SecretKey "length" 40). */}}

@@ -1,0 +1,168 @@
+"""Soak and overload (#13 item 7): web app -> transformer -> predictor for 10 minutes at 70% of capacity, then 2x.
+
+Off by default (it takes ~14 minutes): `make bench-soak`, or BENCH_SOAK=1 with `make bench`. The three servers
+run as `bench/probe.py` starts them (gunicorn as in the image, default settings), on a model of the real steps:
+1. capacity: predictions/s of 32 keep-alive clients in a closed loop for 20 s (fewer leave it idle at times);
+2. soak: requests sent at a fixed rate of 70% of that for BENCH_SOAK_SECONDS (600): errors, the p99 of the first
+   and of the last minute, and the resident memory of every process at the start and the end;
+3. overload: 2x capacity for BENCH_OVERLOAD_SECONDS (60): how many were answered 200, shed (503 "overloaded") or
+   failed otherwise, and their latencies (a queue that grew would show as timeouts and rising latencies);
+4. recovery: 70% again for 20 s: seconds from the end of the overload to the first second answered without an
+   error and with a median within 1.5x the soak's (the errors of all 20 s are reported too).
+Requests are sent on schedule whatever the answers (an open loop), and a latency counts from the time a request
+was due, so a server that falls behind cannot slow the client down and hide it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench.environment import isolated_settings, run_clients
+from bench.probe import REPO, Target, _Client, _load, _loaded, process_tree, stack
+from bench.web import _train
+
+SOAK_SECONDS = float(os.environ.get("BENCH_SOAK_SECONDS", "600"))
+OVERLOAD_SECONDS = float(os.environ.get("BENCH_OVERLOAD_SECONDS", "60"))
+CAPACITY_CLIENTS, CAPACITY_SECONDS, RECOVERY_SECONDS = 32, 20.0, 20.0
+SOAK_SHARE, OVERLOAD_FACTOR = 0.7, 2.0
+SENDERS = 256  # open-loop client threads: more than the web app admits (2 x 40), so an overload reaches it
+TARGETS = {"errors": 0, "p99_last_over_first": 1.5, "rss_growth_percent": 10.0, "recovery_seconds": 10.0}
+
+
+def _at_rate(url: str, path: str, rate: float, seconds: float) -> list[tuple[float, float, int, str]]:
+    """Send `rate` requests/s for `seconds`: (seconds since the start it was due, latency from then, status, reason).
+
+    Status 0 is no answer (the reason names the exception); a 503's reason is the web app's `reason` field.
+    """
+    total = int(rate * seconds)
+    order = itertools.count()
+    start = time.perf_counter() + 0.2  # the senders are connected by then
+    results: list[tuple[float, float, int, str]] = []
+
+    def work(_k: int, _stop: threading.Event) -> None:
+        client = _Client(url)
+        while (i := next(order)) < total:
+            due = start + i / rate
+            time.sleep(max(0.0, due - time.perf_counter()))
+            try:
+                status, body, _ = client.send(path)
+                reason = "" if status == 200 else _reason(body)
+            except OSError as exc:  # a timeout or a refused connection: a new one for the next request
+                status, reason = 0, type(exc).__name__
+                client.conn.close()
+                client = _Client(url)
+            results.append((due - start, time.perf_counter() - due, status, reason))
+        client.conn.close()
+
+    run_clients(SENDERS, work, seconds)
+    return sorted(results)
+
+
+def _reason(body: bytes) -> str:
+    try:
+        return str(json.loads(body).get("reason", ""))
+    except (ValueError, AttributeError):
+        return "not the API's JSON"
+
+
+def _ms(latencies) -> dict:
+    ms = np.asarray(latencies) * 1e3
+    if not ms.size:
+        return {}
+    return {"p50_ms": round(float(np.percentile(ms, 50)), 1), "p99_ms": round(float(np.percentile(ms, 99)), 1),
+            "max_ms": round(float(ms.max()), 1)}
+
+
+def _rss_mib(pids: dict[str, int]) -> dict[str, float]:
+    """Resident memory of each server process (gunicorn: its master and each worker)."""
+    out = {}
+    for role, pid in pids.items():
+        for k, p in enumerate(process_tree(pid)):
+            status = Path(f"/proc/{p}/status").read_text()
+            kib = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+            out[role if k == 0 else f"{role} worker {k}"] = round(kib / 1024, 1)
+    return out
+
+
+def _counts(results) -> dict:
+    counts: dict[str, int] = {}
+    for _, _, status, reason in results:
+        key = str(status) + (f" {reason}" if reason else "")
+        counts[key] = counts.get(key, 0) + 1
+    return counts
+
+
+def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
+    rss_start, load_start = _rss_mib(pids), _load()
+    results = _at_rate(url, path, rate, SOAK_SECONDS)
+    rss_end = _rss_mib(pids)
+    last = SOAK_SECONDS - 60
+    first_minute = _ms([lat for due, lat, _, _ in results if due < 60])
+    last_minute = _ms([lat for due, lat, _, _ in results if due >= last])
+    return {"rate_per_s": round(rate, 1), "seconds": SOAK_SECONDS, "requests": len(results),
+            "errors": sum(status != 200 for _, _, status, _ in results), "answers": _counts(results),
+            "all": _ms([lat for _, lat, _, _ in results]), "first_minute": first_minute, "last_minute": last_minute,
+            "p99_last_over_first": round(last_minute["p99_ms"] / first_minute["p99_ms"], 2),
+            "rss_mib_start": rss_start, "rss_mib_end": rss_end,
+            "rss_growth_percent": {k: round((rss_end[k] / v - 1) * 100, 1) for k, v in rss_start.items()},
+            "load": f"{load_start} -> {_load()}"}
+
+
+def _overload(url: str, path: str, rate: float) -> dict:
+    load_start = _load()
+    results = _at_rate(url, path, rate, OVERLOAD_SECONDS)
+    by_status = {s: [lat for _, lat, status, _ in results if status == s] for s in (200, 503)}
+    return {"rate_per_s": round(rate, 1), "seconds": OVERLOAD_SECONDS, "requests": len(results),
+            "answers": _counts(results), "ok_per_s": round(len(by_status[200]) / OVERLOAD_SECONDS, 1),
+            "ok": _ms(by_status[200]), "shed": _ms(by_status[503]), "load": f"{load_start} -> {_load()}"}
+
+
+def _recovery(url: str, path: str, rate: float, soak_p50_ms: float) -> dict:
+    """Seconds from the overload's end to the first second answered without error at the soak's median (x1.5)."""
+    results = _at_rate(url, path, rate, RECOVERY_SECONDS)
+    good = [second for second in range(int(RECOVERY_SECONDS))
+            if (window := [(lat, status) for due, lat, status, _ in results if second <= due < second + 1])
+            and all(status == 200 for _, status in window)
+            and np.median([lat for lat, _ in window]) * 1e3 <= 1.5 * soak_p50_ms]
+    return {"rate_per_s": round(rate, 1), "answers": _counts(results), "all": _ms([lat for _, lat, _, _ in results]),
+            "recovered_after_s": good[0] if good else None}
+
+
+def run() -> dict:
+    if os.environ.get("BENCH_SOAK") != "1":
+        return {"skipped": "takes ~14 minutes: make bench-soak (or BENCH_SOAK=1)"}
+    with (isolated_settings() as settings, tempfile.TemporaryDirectory(prefix="bench-soak-") as logs,
+          contextlib.ExitStack() as running):
+        trained = _train(settings)
+        url, procs = running.enter_context(stack(REPO, trained, Path(logs)))
+        pids = {role: p.pid for role, p in procs.items()}
+        target = Target(url["web"], "/api/predict", pids)
+        clients = [_Client(target.url) for _ in range(CAPACITY_CLIENTS)]
+        _loaded(target, clients, 5.0)  # warm-up
+        samples, elapsed = _loaded(target, clients, CAPACITY_SECONDS)
+        for client in clients:
+            client.conn.close()
+        capacity = len(samples) / elapsed
+        result = {"capacity_per_s": round(capacity, 1), "capacity_load": _load()}
+        result["soak"] = _soak(target.url, target.path, SOAK_SHARE * capacity, pids)
+        result["overload"] = _overload(target.url, target.path, OVERLOAD_FACTOR * capacity)
+        result["recovery"] = _recovery(target.url, target.path, SOAK_SHARE * capacity, result["soak"]["all"]["p50_ms"])
+    soak, recovered = result["soak"], result["recovery"]["recovered_after_s"]
+    result["targets"] = TARGETS
+    result["met"] = {"errors": soak["errors"] == 0,
+                     "p99_last_over_first": soak["p99_last_over_first"] <= TARGETS["p99_last_over_first"],
+                     "rss_growth_percent": max(soak["rss_growth_percent"].values()) <= TARGETS["rss_growth_percent"],
+                     "shed_with_503": result["overload"]["answers"].get("503 overloaded", 0) > 0,
+                     "recovery_seconds": recovered is not None and recovered <= TARGETS["recovery_seconds"]}
+    print(f"soak: capacity {result['capacity_per_s']}/s; {json.dumps(result['met'])}", file=sys.stderr)
+    return result
