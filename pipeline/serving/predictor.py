@@ -21,6 +21,7 @@ from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from pipeline.explain import Explainer
+from pipeline import serving
 from pipeline.serving import metrics
 from pipeline.serving.artifacts import ModelArtifacts
 from pipeline.serving.onnx_export import build_runner, categorical_column, decisions, numeric_column
@@ -54,11 +55,6 @@ class TitanicPredictor(Model):
     def version(self) -> str:
         return self.artifacts.version
 
-    def _serving(self) -> str:
-        """Said with every missing-feature error: a transformer that still builds the previous model's features
-        learns from it which version to load (pipeline.serving.transformer, SERVES)."""
-        return f" of model version {self.artifacts.version}"
-
     def _columns_from_instances(self, instances) -> dict[str, np.ndarray]:
         if not isinstance(instances, list) or not instances:
             raise InvalidInput('"instances" must be a non-empty list')
@@ -67,7 +63,7 @@ class TitanicPredictor(Model):
             for i, row in enumerate(instances):
                 missing = [c for c in names if c not in row]
                 if missing:
-                    raise InvalidInput(f"instance {i}: missing feature(s) {', '.join(missing)}{self._serving()}")
+                    raise InvalidInput(f"instance {i}: {serving.missing('feature(s)', missing, self.version)}")
             raw = {c: [row[c] for row in instances] for c in names}
         elif all(isinstance(row, list) and len(row) == len(names) for row in instances):
             raw = {c: [row[j] for row in instances] for j, c in enumerate(names)}
@@ -80,7 +76,7 @@ class TitanicPredictor(Model):
         given = {i.name: i for i in request.inputs}
         missing = [c for c in self.artifacts.feature_columns if c not in given]
         if missing:
-            raise InvalidInput(f"missing input tensor(s) {', '.join(missing)}{self._serving()}")
+            raise InvalidInput(serving.missing("input tensor(s)", missing, self.version))
         return self._typed({c: given[c].as_numpy().reshape(-1).tolist() for c in self.artifacts.feature_columns})
 
     def _typed(self, raw: dict[str, list]) -> dict[str, np.ndarray]:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
-import re
 import threading
 import time
 from typing import Any, Callable
@@ -30,14 +29,13 @@ from starlette.responses import JSONResponse
 
 from pipeline import features, schema
 from pipeline.model import GROUP_COLUMN
+from pipeline import serving
 from pipeline.serving import metrics
 from pipeline.serving.artifacts import ModelArtifacts
 from pipeline.serving.drift import DriftMonitor
 
 logger = logging.getLogger(__name__)
 
-# The predictor's missing-feature errors end with the version it serves (pipeline.serving.predictor._serving).
-SERVES = re.compile(r"missing (?:feature\(s\)|input tensor\(s\)) .* of model version ([\w.-]+)")
 # The protocol of the incoming request, carried from preprocess to postprocess of the same request.
 _REQUEST_IS_V2: contextvars.ContextVar[bool] = contextvars.ContextVar("titanic_request_is_v2", default=False)
 
@@ -435,7 +433,7 @@ class TitanicTransformer(Model):
         # The predictor serves a model whose features this transformer did not build (it started before the first
         # model, or a deploy changed the feature columns; or the request was built just before the switch): load
         # that version's metadata, and say "retry" meanwhile. Else it would wait for an answer that never comes.
-        if status == 400 and (serves := SERVES.search(text)):
+        if status == 400 and (serves := serving.SERVES.search(text)):
             self._follow(serves[1])
             return PredictorError(503, f"predictor {host} serves model version {serves[1]}, whose features this "
                                        "transformer is loading; retry")

@@ -20,7 +20,6 @@ GROUP, API_VERSION, PLURAL = "serving.kserve.io", "v1beta1", "inferenceservices"
 DEPLOYABLE = ("approved", "production")
 # KServe's modelStatus.transitionStatus values that will not resolve by waiting longer.
 FAILED_TRANSITIONS = ("BlockedByFailedLoad", "InvalidSpec")
-TIMED_OUT = "timed out after"
 # Where KServe writes the storageUri into the predictor Deployment's pod template (its storage initializer reads it).
 SOURCE_URI_ANNOTATION = "internal.serving.kserve.io/storage-initializer-sourceuri"
 
@@ -289,13 +288,14 @@ class InferenceService:
                 logger.info("patching InferenceService %s/%s: %s -> %s", self.namespace, self.name, previous, uri)
                 current = self.set_uri(path, previous, uri, _model_env(sha256).get("env", []), current=current)
         try:
-            failure = self.wait_ready(uri, version, current["metadata"].get("generation", 0), timeout, poll_interval)
+            outcome = self.wait_ready(uri, version, current["metadata"].get("generation", 0), timeout, poll_interval)
         except Exception as exc:  # an API or network error while waiting: the outcome is unknown, so undo
-            failure = f"{type(exc).__name__} while waiting: {exc}"
+            outcome = DeployFailed, f"{type(exc).__name__} while waiting: {exc}"
         self._replaced = (path, previous, previous_env, created)  # what `undo` puts back
-        if failure is None:
+        if outcome is None:
             return previous
-        raise (DeployTimedOut if failure.startswith(TIMED_OUT) else DeployFailed)(
+        error, failure = outcome
+        raise error(
             f"InferenceService {self.namespace}/{self.name} did not serve {uri}: {failure}; "
             f"{self.undo(uri)}; model registry unchanged"
         )
@@ -323,25 +323,26 @@ class InferenceService:
             return f"could not restore the previous storageUri ({type(exc).__name__})"
         return f"restored storageUri {previous}" if previous else "removed the new storageUri again"
 
-    def wait_ready(self, uri: str, version: str, generation: int, timeout: float, poll_interval: float) -> str | None:
+    def wait_ready(self, uri: str, version: str, generation: int, timeout: float,
+                   poll_interval: float) -> tuple[type[DeployFailed], str] | None:
         """None once the new model serves: the InferenceService Ready at `generation` with `uri`, the predictor
         Deployment fully rolled out (Ready alone stays True while the old pod serves), and the model server
-        answering with `version`. Else why not (failure or timeout)."""
+        answering with `version`. Else the error to raise (DeployTimedOut when waiting longer might help) and why."""
         deadline = self.clock() + timeout
         last = "no status yet"
         while True:
             isvc = self.get()
             if isvc is None:
-                return "it was deleted while waiting"
+                return DeployFailed, "it was deleted while waiting"
             if isvc["metadata"].get("generation", 0) >= generation and find_storage_uri(isvc)[1] != uri:
-                return f"its storageUri was changed to {find_storage_uri(isvc)[1]} by someone else"
+                return DeployFailed, f"its storageUri was changed to {find_storage_uri(isvc)[1]} by someone else"
             ready, failure = readiness(isvc)
             rollout = self.predictor_rollout(uri)
             # The model status can still be the previous pods' (found on a real node: the crash-looping predictor
             # of an InferenceService without a model said BlockedByFailedLoad while the new pod loaded fine):
             # a failure counts once the predictor Deployment runs only pods of the new spec, and they fail.
             if failure and (rollout is None or self.predictor_failing(uri)):
-                return failure
+                return DeployFailed, failure
             if ready:
                 waiting = rollout or (self.serving_check and self.serving_check(version))
                 if not waiting:
@@ -351,7 +352,7 @@ class InferenceService:
             else:
                 last = _ready_message(isvc) or last
             if self.clock() >= deadline:
-                return f"{TIMED_OUT} {timeout:g}s (last: {last})"
+                return DeployTimedOut, f"timed out after {timeout:g}s (last: {last})"
             time.sleep(poll_interval)
 
     def _predictor(self):
