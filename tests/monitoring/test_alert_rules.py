@@ -15,6 +15,7 @@ REQUIRED_ALERTS = {
     "TitanicInferenceErrorRatioHigh",
     "TitanicModelServerDown",
     "TitanicNoPredictionsServed",
+    "TitanicWebAppOverloaded",
 }
 
 
