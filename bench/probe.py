@@ -44,7 +44,7 @@ from tests.services import free_port, stop_process, wait_http
 from tests.webapp.conftest import VALID
 
 REPO = Path(__file__).resolve().parents[1]
-BASELINE = os.environ.get("BENCH_BASELINE", "748d59f")  # the code before #16
+BASELINE = os.environ.get("BENCH_BASELINE", "1c56ef6")  # the code before #16 (the last landing before it)
 AFTER = os.environ.get("BENCH_AFTER")  # a commit to compare instead of the working tree
 WARMUP, SEQUENTIAL, CLIENTS, LOAD_SECONDS = 20, 400, 8, 8.0
 BLOCKS = 4  # turns the sequential requests and the loaded seconds of each stack are taken in
