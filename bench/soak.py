@@ -4,7 +4,7 @@ Off by default (it takes ~14 minutes): `make bench-soak`, or BENCH_SOAK=1 with `
 run as `bench/probe.py` starts them (gunicorn as in the image, default settings), on a model of the real steps:
 1. capacity: predictions/s answered while the soak's own open-loop client offers 1.5x what 32 keep-alive clients
    in a closed loop got for 20 s (its threads share the cores with the servers, so the closed-loop figure is more
-   than the servers can keep up under it: 878/s closed, ~600/s answered under the open loop on a quiet machine);
+   than the servers can keep up under it: 689-935/s closed, 523-666/s answered under the open loop, quiet machine);
 2. soak: requests sent at a fixed rate of 70% of that for BENCH_SOAK_SECONDS (600): errors, the p99 of the first
    and of the last minute, and the resident memory of every process at the start and the end;
 3. overload: 2x capacity for BENCH_OVERLOAD_SECONDS (60): how many were answered 200, shed (503 "overloaded") or
@@ -161,7 +161,7 @@ def run() -> dict:
         capacity = sum(status == 200 for _, _, status, _ in ramp) / CAPACITY_SECONDS
         result = {"closed_loop_per_s": round(closed_loop, 1), "capacity_per_s": round(capacity, 1),
                   "capacity_offered_per_s": round(RAMP_FACTOR * closed_loop, 1), "capacity_load": _load()}
-        time.sleep(30)  # the ramp's backlog and load are gone before the soak's first minute (5 s left 34 shed there)
+        time.sleep(30)  # the ramp's backlog and load are gone before the soak's first minute (after 5 s its p99 was 12x the last's)
         result["soak"] = _soak(target.url, target.path, SOAK_SHARE * capacity, pids)
         result["overload"] = _overload(target.url, target.path, OVERLOAD_FACTOR * capacity)
         result["recovery"] = _recovery(target.url, target.path, SOAK_SHARE * capacity, result["soak"]["all"]["p50_ms"])
