@@ -161,7 +161,8 @@ def run() -> dict:
         capacity = sum(status == 200 for _, _, status, _ in ramp) / CAPACITY_SECONDS
         result = {"closed_loop_per_s": round(closed_loop, 1), "capacity_per_s": round(capacity, 1),
                   "capacity_offered_per_s": round(RAMP_FACTOR * closed_loop, 1), "capacity_load": _load()}
-        time.sleep(30)  # the ramp's backlog and load are gone before the soak's first minute (after 5 s its p99 was 12x the last's)
+        # The ramp's backlog and load are gone before the soak's first minute (after 5 s its p99 was 12x the last's).
+        time.sleep(30)
         result["soak"] = _soak(target.url, target.path, SOAK_SHARE * capacity, pids)
         result["overload"] = _overload(target.url, target.path, OVERLOAD_FACTOR * capacity)
         result["recovery"] = _recovery(target.url, target.path, SOAK_SHARE * capacity, result["soak"]["all"]["p50_ms"])
