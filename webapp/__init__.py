@@ -25,9 +25,11 @@ DEFAULTS: dict[str, Any] = {
     "KSERVE_PROTOCOL": "v1",  # "v1" (KServe V1) or "v2" (Open Inference Protocol)
     "MAX_CONTENT_LENGTH": 64 * 1024,  # bytes; larger bodies get 413 before they are read
     "MAX_INSTANCES": 100,  # passengers per API request
-    # Requests one gunicorn worker serves at once; more get 503 at once (< gunicorn threads). About half a second
-    # of the measured capacity for 2 workers: room for the stalls of a shared node, and no queue beyond it.
+    # Requests one gunicorn worker serves at once; MAX_QUEUED more wait up to QUEUE_TIMEOUT seconds for one of
+    # them, the rest get 503 at once (the sum < gunicorn threads; webapp/shedding.py).
     "MAX_IN_FLIGHT": 40,
+    "MAX_QUEUED": 40,
+    "QUEUE_TIMEOUT": 0.5,
 }
 
 

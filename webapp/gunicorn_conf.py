@@ -8,13 +8,16 @@ import shutil
 
 from prometheus_client import multiprocess
 
+from pipeline.runtime import freeze_startup_heap
+
 bind = "0.0.0.0:8000"
 # Threads, not more processes: a request mostly waits on the transformer, and threads share
 # one keep-alive connection pool per worker.
 worker_class = "gthread"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
-# More threads than the app's MAX_IN_FLIGHT (40): the spare ones answer the requests it sheds (webapp/shedding.py).
-threads = int(os.environ.get("GUNICORN_THREADS", "48"))
+# More threads than the app's MAX_IN_FLIGHT + MAX_QUEUED (40 + 40): the spare ones answer the requests it sheds
+# (webapp/shedding.py).
+threads = int(os.environ.get("GUNICORN_THREADS", "96"))
 timeout = 30
 graceful_timeout = 20
 keepalive = 5
@@ -35,3 +38,8 @@ def child_exit(server, worker):
     # Drops the dead worker's live gauges; its counters stay summed, as Prometheus expects.
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         multiprocess.mark_process_dead(worker.pid)
+
+
+def post_worker_init(worker):
+    # The app is built (no preload_app): what exists now lives as long as the worker.
+    freeze_startup_heap()

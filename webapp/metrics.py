@@ -11,7 +11,7 @@ import os
 import time
 
 from flask import Flask, g, request
-from prometheus_client import CollectorRegistry, Counter, Histogram, make_wsgi_app, multiprocess
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, make_wsgi_app, multiprocess
 from werkzeug.middleware.dispatcher import DispatcherMiddleware
 
 PREDICTIONS = Counter(
@@ -33,7 +33,13 @@ INFERENCE_ERRORS = Counter(
 )
 SHED = Counter(
     "titanic_web_shed_requests_total",
-    "Requests answered 503 \"overloaded\" at once because the worker already served MAX_IN_FLIGHT requests.",
+    "Requests answered 503 \"overloaded\": the worker served MAX_IN_FLIGHT requests and its queue was full or the"
+    " request waited QUEUE_TIMEOUT seconds for a slot.",
+)
+QUEUED = Gauge(
+    "titanic_web_queued_requests",
+    "Requests waiting for a free slot of their worker (at most MAX_QUEUED per worker, each up to QUEUE_TIMEOUT s).",
+    multiprocess_mode="livesum",
 )
 
 OUTCOMES = ("survived", "died")

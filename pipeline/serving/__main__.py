@@ -20,6 +20,7 @@ from timing_asgi import TimingMiddleware
 
 from pipeline.errors import PipelineError
 from pipeline.log import configure_logging
+from pipeline.runtime import freeze_startup_heap
 from pipeline.serving import artifacts
 from pipeline.settings import Settings
 
@@ -141,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         predictor_health_check=args.enable_predictor_health_check or args.role == "transformer",
     )
     _lean(kserve_server.app, args.event_loop)
+    freeze_startup_heap()
     ModelServer(http_port=args.http_port, grpc_port=args.grpc_port, workers=args.workers,
                 enable_grpc=args.enable_grpc, enable_docs_url=args.enable_docs_url,
                 enable_latency_logging=args.enable_latency_logging, predictor_config=predictor_config,

@@ -85,12 +85,16 @@ def test_values_schema_rejects_unsafe_settings():
 
 
 def test_webapp_needs_threads_beyond_its_bound():
-    """The shed requests are answered by the threads beyond webapp.maxInFlight (webapp/shedding.py)."""
-    with pytest.raises(subprocess.CalledProcessError) as failure:
-        helm.render("--set", "webapp.gunicorn.threads=40", "--set", "webapp.maxInFlight=40")
-    assert "threads must exceed webapp.maxInFlight" in failure.value.stderr
+    """The shed requests are answered by the threads beyond webapp.maxInFlight + maxQueued (webapp/shedding.py)."""
+    for threads, in_flight, queued in (("40", "40", "0"), ("80", "40", "40")):
+        with pytest.raises(subprocess.CalledProcessError) as failure:
+            helm.render("--set", f"webapp.gunicorn.threads={threads}", "--set", f"webapp.maxInFlight={in_flight}",
+                        "--set", f"webapp.maxQueued={queued}")
+        assert "threads must exceed webapp.maxInFlight + webapp.maxQueued" in failure.value.stderr
     webapp = helm.one(helm.render(), "Deployment", "titanic-webapp")["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "WEBAPP_MAX_IN_FLIGHT", "value": "40"} in webapp["env"]
+    assert {"name": "WEBAPP_MAX_QUEUED", "value": "40"} in webapp["env"]
+    assert {"name": "WEBAPP_QUEUE_TIMEOUT", "value": "0.5"} in webapp["env"]
 
 
 def test_every_values_key_is_commented():

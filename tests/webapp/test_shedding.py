@@ -1,14 +1,18 @@
-"""Load shedding under the image's gunicorn: a worker serving MAX_IN_FLIGHT requests answers more with 503 at once."""
+"""Load shedding under the image's gunicorn: a worker serving MAX_IN_FLIGHT requests queues MAX_QUEUED more for up to
+QUEUE_TIMEOUT seconds and answers the rest with 503 at once."""
 
 from __future__ import annotations
 
 import contextlib
 import json
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import requests
+
+from webapp.shedding import InFlight
 
 from .conftest import VALID
 from .server import gunicorn
@@ -53,8 +57,8 @@ def _held_transformer():
 
 def test_a_busy_worker_sheds_the_excess_with_503_and_serves_again_after_the_burst():
     with _held_transformer() as transformer, gunicorn(
-            {"KSERVE_URL": f"http://127.0.0.1:{transformer.server_address[1]}", "WEBAPP_MAX_IN_FLIGHT": "2"},
-            workers=1, threads=4) as url:
+            {"KSERVE_URL": f"http://127.0.0.1:{transformer.server_address[1]}", "WEBAPP_MAX_IN_FLIGHT": "2",
+             "WEBAPP_MAX_QUEUED": "0"}, workers=1, threads=4) as url:
 
         def predict():
             return requests.post(f"{url}/api/predict", json=VALID, timeout=GUARD)
@@ -78,3 +82,72 @@ def test_a_busy_worker_sheds_the_excess_with_503_and_serves_again_after_the_burs
         assert after.status_code == 200 and after.json()["predictions"] == [{"survived": 1, "probability": 0.9}]
         samples = _samples(requests.get(f"{url}/metrics", timeout=GUARD).text)
         assert samples[("titanic_web_shed_requests_total", ())] == 7
+
+
+def _queued(url: str) -> float:
+    return _samples(requests.get(f"{url}/metrics", timeout=GUARD).text)[("titanic_web_queued_requests", ())]
+
+
+def _wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + GUARD
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_burst_waits_in_the_bounded_queue_and_is_served_when_slots_free():
+    with _held_transformer() as transformer, gunicorn(
+            {"KSERVE_URL": f"http://127.0.0.1:{transformer.server_address[1]}", "WEBAPP_MAX_IN_FLIGHT": "2",
+             "WEBAPP_MAX_QUEUED": "2", "WEBAPP_QUEUE_TIMEOUT": str(GUARD)}, workers=1, threads=10) as url:
+
+        def predict():
+            return requests.post(f"{url}/api/predict", json=VALID, timeout=GUARD)
+
+        with ThreadPoolExecutor(8) as pool:
+            admitted = [pool.submit(predict) for _ in range(2)]
+            with transformer.arrived:
+                assert transformer.arrived.wait_for(lambda: transformer.held == 2, GUARD)
+            queued = [pool.submit(predict) for _ in range(2)]
+            _wait_until(lambda: _queued(url) == 2, "2 queued requests")
+            # Both slots busy and the queue full: the next ones are shed at once, and never reach the transformer.
+            burst = list(pool.map(lambda _: predict(), range(3)))
+            assert [r.status_code for r in burst] == [503] * 3
+            assert transformer.held == 2 and _queued(url) == 2
+            transformer.release.set()
+            assert [f.result().status_code for f in admitted + queued] == [200] * 4
+
+        assert transformer.held == 4 and _queued(url) == 0
+        samples = _samples(requests.get(f"{url}/metrics", timeout=GUARD).text)
+        assert samples[("titanic_web_shed_requests_total", ())] == 3
+
+
+def test_a_queued_request_is_shed_when_no_slot_frees_within_the_queue_timeout():
+    with _held_transformer() as transformer, gunicorn(
+            {"KSERVE_URL": f"http://127.0.0.1:{transformer.server_address[1]}", "WEBAPP_MAX_IN_FLIGHT": "1",
+             "WEBAPP_MAX_QUEUED": "4", "WEBAPP_QUEUE_TIMEOUT": "0.2"}, workers=1, threads=8) as url:
+        with ThreadPoolExecutor(2) as pool:
+            held = pool.submit(requests.post, f"{url}/api/predict", json=VALID, timeout=GUARD)
+            with transformer.arrived:
+                assert transformer.arrived.wait_for(lambda: transformer.held == 1, GUARD)
+            # Room in the queue, so only the timeout can shed it: the one slot stays held throughout.
+            late = requests.post(f"{url}/api/predict", json=VALID, timeout=GUARD)
+            assert late.status_code == 503 and late.json()["reason"] == "overloaded"
+            assert transformer.held == 1 and _queued(url) == 0
+            transformer.release.set()
+            assert held.result().status_code == 200
+
+
+def test_in_flight_admits_in_order_and_bounds_the_queue():
+    slots = InFlight(limit=1, queued=1, timeout=GUARD)
+    assert slots.enter()
+    waiter = ThreadPoolExecutor(1).submit(slots.enter)
+    _wait_until(lambda: slots.waiting == 1, "the waiter")
+    assert not slots.enter()  # the queue (1) is full: shed at once
+    slots.leave()
+    assert waiter.result(GUARD) is True and slots.count == 1 and slots.waiting == 0
+    slots.leave()
+    assert slots.count == 0
+    assert InFlight(limit=1).enter() is True
+    no_queue = InFlight(limit=1)
+    no_queue.enter()
+    assert not no_queue.enter()
