@@ -55,18 +55,39 @@ def _held_transformer():
         server.server_close()
 
 
-def test_a_busy_worker_sheds_the_excess_with_503_and_serves_again_after_the_burst():
+@contextlib.contextmanager
+def _web_app(in_flight: int, queued: int, queue_timeout: float = GUARD, threads: int = 10):
+    """One gunicorn worker in front of a transformer that holds its requests: (transformer, url, predict)."""
     with _held_transformer() as transformer, gunicorn(
-            {"KSERVE_URL": f"http://127.0.0.1:{transformer.server_address[1]}", "WEBAPP_MAX_IN_FLIGHT": "2",
-             "WEBAPP_MAX_QUEUED": "0"}, workers=1, threads=4) as url:
+            {"KSERVE_URL": f"http://127.0.0.1:{transformer.server_address[1]}", "WEBAPP_MAX_IN_FLIGHT": str(in_flight),
+             "WEBAPP_MAX_QUEUED": str(queued), "WEBAPP_QUEUE_TIMEOUT": str(queue_timeout)},
+            workers=1, threads=threads) as url:
+        yield transformer, url, lambda: requests.post(f"{url}/api/predict", json=VALID, timeout=GUARD)
 
-        def predict():
-            return requests.post(f"{url}/api/predict", json=VALID, timeout=GUARD)
 
+def _occupy(pool: ThreadPoolExecutor, predict, transformer, n: int) -> list:
+    """`n` requests held at the transformer, so the worker's `n` slots are busy."""
+    futures = [pool.submit(predict) for _ in range(n)]
+    with transformer.arrived:
+        assert transformer.arrived.wait_for(lambda: transformer.held == n, GUARD)
+    return futures
+
+
+def _queued(url: str) -> float:
+    return _samples(requests.get(f"{url}/metrics", timeout=GUARD).text)[("titanic_web_queued_requests", ())]
+
+
+def _wait_until(condition, what: str) -> None:
+    deadline = time.monotonic() + GUARD
+    while not condition():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        time.sleep(0.05)
+
+
+def test_a_busy_worker_sheds_the_excess_with_503_and_serves_again_after_the_burst():
+    with _web_app(in_flight=2, queued=0, threads=4) as (transformer, url, predict):
         with ThreadPoolExecutor(8) as pool:
-            admitted = [pool.submit(predict) for _ in range(2)]
-            with transformer.arrived:
-                assert transformer.arrived.wait_for(lambda: transformer.held == 2, GUARD)
+            admitted = _occupy(pool, predict, transformer, 2)
             # The worker serves its 2 requests (held at the transformer): a burst of 6 more is shed, not queued.
             burst = list(pool.map(lambda _: predict(), range(6)))
             assert [r.status_code for r in burst] == [503] * 6
@@ -84,29 +105,10 @@ def test_a_busy_worker_sheds_the_excess_with_503_and_serves_again_after_the_burs
         assert samples[("titanic_web_shed_requests_total", ())] == 7
 
 
-def _queued(url: str) -> float:
-    return _samples(requests.get(f"{url}/metrics", timeout=GUARD).text)[("titanic_web_queued_requests", ())]
-
-
-def _wait_until(condition, what: str) -> None:
-    deadline = time.monotonic() + GUARD
-    while not condition():
-        assert time.monotonic() < deadline, f"gave up waiting for {what}"
-        time.sleep(0.05)
-
-
 def test_a_burst_waits_in_the_bounded_queue_and_is_served_when_slots_free():
-    with _held_transformer() as transformer, gunicorn(
-            {"KSERVE_URL": f"http://127.0.0.1:{transformer.server_address[1]}", "WEBAPP_MAX_IN_FLIGHT": "2",
-             "WEBAPP_MAX_QUEUED": "2", "WEBAPP_QUEUE_TIMEOUT": str(GUARD)}, workers=1, threads=10) as url:
-
-        def predict():
-            return requests.post(f"{url}/api/predict", json=VALID, timeout=GUARD)
-
+    with _web_app(in_flight=2, queued=2) as (transformer, url, predict):
         with ThreadPoolExecutor(8) as pool:
-            admitted = [pool.submit(predict) for _ in range(2)]
-            with transformer.arrived:
-                assert transformer.arrived.wait_for(lambda: transformer.held == 2, GUARD)
+            admitted = _occupy(pool, predict, transformer, 2)
             queued = [pool.submit(predict) for _ in range(2)]
             _wait_until(lambda: _queued(url) == 2, "2 queued requests")
             # Both slots busy and the queue full: the next ones are shed at once, and never reach the transformer.
@@ -122,15 +124,11 @@ def test_a_burst_waits_in_the_bounded_queue_and_is_served_when_slots_free():
 
 
 def test_a_queued_request_is_shed_when_no_slot_frees_within_the_queue_timeout():
-    with _held_transformer() as transformer, gunicorn(
-            {"KSERVE_URL": f"http://127.0.0.1:{transformer.server_address[1]}", "WEBAPP_MAX_IN_FLIGHT": "1",
-             "WEBAPP_MAX_QUEUED": "4", "WEBAPP_QUEUE_TIMEOUT": "0.2"}, workers=1, threads=8) as url:
+    with _web_app(in_flight=1, queued=4, queue_timeout=0.2) as (transformer, url, predict):
         with ThreadPoolExecutor(2) as pool:
-            held = pool.submit(requests.post, f"{url}/api/predict", json=VALID, timeout=GUARD)
-            with transformer.arrived:
-                assert transformer.arrived.wait_for(lambda: transformer.held == 1, GUARD)
+            (held,) = _occupy(pool, predict, transformer, 1)
             # Room in the queue, so only the timeout can shed it: the one slot stays held throughout.
-            late = requests.post(f"{url}/api/predict", json=VALID, timeout=GUARD)
+            late = predict()
             assert late.status_code == 503 and late.json()["reason"] == "overloaded"
             assert transformer.held == 1 and _queued(url) == 0
             transformer.release.set()
