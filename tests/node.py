@@ -627,6 +627,7 @@ def up(root: Path, *, dns: bool = True) -> Node:
                    root / "kube-proxy.log", timeout=60)
         mark("kube-proxy")
 
+        _refuse_unserved_service_ips()
         node.kubectl("apply", "-f", "-", input="\n---\n".join(json.dumps(o) for o in coredns_manifests()))
         if dns:
             node.kubectl("-n", "kube-system", "rollout", "status", "deployment/coredns", "--timeout=120s",
@@ -637,6 +638,29 @@ def up(root: Path, *, dns: bool = True) -> Node:
         raise
     node.save()
     return node
+
+
+# The CNI firewall plugin's chain for an administrator's rules: FORWARD consults it before the plugin accepts a
+# pod's traffic. The plugin creates it with the first pod, or keeps it with its rules when it exists.
+ADMIN_CHAIN = "CNI-ADMIN"
+
+
+def _refuse_unserved_service_ips() -> None:
+    """Refuse connections to the service range that kube-proxy did not translate to a pod, as a cluster does.
+
+    The service range is virtual: a connection to a ClusterIP kube-proxy has not programmed yet would leave by
+    the default route, and this machine's egress proxy answers any port 80 there (404, `server: keryx`). An HTTP
+    client keeps such a connection alive: on the real node the transformer's check of its predictor got that 404
+    for over a minute after the predictor was ready, and `deploy` waited 262 s instead of ~50. Translated
+    connections carry a pod's address by the time the filter table sees them, so only the untranslated ones match.
+    """
+    if _run("iptables", "-t", "filter", "-S", ADMIN_CHAIN, check=False).returncode:
+        _run("iptables", "-t", "filter", "-N", ADMIN_CHAIN)
+    refuse = ["-d", kube.SERVICE_CIDR, "-j", "REJECT"]
+    _run("iptables", "-t", "filter", "-A", ADMIN_CHAIN, "-p", "tcp", *refuse, "--reject-with", "tcp-reset")
+    _run("iptables", "-t", "filter", "-A", ADMIN_CHAIN, *refuse)
+    # The host's own connections (Airflow, the tests) too; `down` removes this jump with the chain.
+    _run("iptables", "-t", "filter", "-I", "OUTPUT", "-d", kube.SERVICE_CIDR, "-j", ADMIN_CHAIN)
 
 
 def _delete_chains(before: dict[str, list[str]]) -> None:

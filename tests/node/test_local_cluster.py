@@ -256,6 +256,20 @@ def test_cluster_ip_from_a_pod_and_from_the_host(cluster, pods):
         assert f"[::ffff:{source}]:" in logs and "url:/" in logs, logs
 
 
+def test_a_service_address_nothing_serves_refuses_instead_of_leaving_the_node(cluster, pods):
+    """Untranslated connections to the service range are refused (tests/node.py): before, they left by the
+    default route and this machine's egress proxy answered 404, and a kept-alive connection stayed there."""
+    unserved = "10.96.255.254"  # in the service range, never allocated (the allocator starts low)
+    out = kubectl(cluster, "-n", NAMESPACE, "exec", "client", "--", "sh", "-c",
+                  f'printf "GET / HTTP/1.0\\r\\n\\r\\n" | nc -w 5 {unserved} 80; echo "exit $?"', check=False)
+    assert "HTTP/" not in out.stdout and "exit 0" not in out.stdout, out.stdout + out.stderr
+    session = requests.Session()
+    session.trust_env = False
+    with pytest.raises(requests.ConnectionError):
+        session.get(f"http://{unserved}/", timeout=5)
+    assert http_get(cluster, pods["cluster_ip"]) == "hello from a real node\n"  # a served one still answers
+
+
 def test_coredns_resolves_service_names(cluster, pods):
     fqdn = f"web.{NAMESPACE}.svc.cluster.local"
     answer = kubectl(cluster, "-n", NAMESPACE, "exec", "client", "--", "nslookup", fqdn).stdout
