@@ -648,11 +648,12 @@ ADMIN_CHAIN = "CNI-ADMIN"
 def _refuse_unserved_service_ips() -> None:
     """Refuse connections to the service range that kube-proxy did not translate to a pod, as a cluster does.
 
-    The service range is virtual: a connection to a ClusterIP kube-proxy has not programmed yet would leave by
-    the default route, and this machine's egress proxy answers any port 80 there (404, `server: keryx`). An HTTP
-    client keeps such a connection alive: on the real node the transformer's check of its predictor got that 404
-    for over a minute after the predictor was ready, and `deploy` waited 262 s instead of ~50. Translated
-    connections carry a pod's address by the time the filter table sees them, so only the untranslated ones match.
+    A ClusterIP with no ready endpoint (a model server still starting) is not translated. kube-proxy's REJECT for
+    it sits in FORWARD behind the CNI firewall plugin's accept of the pod's traffic, so the connection left by the
+    default route, and this machine's egress proxy answers any port 80 there (404, `server: keryx`). An HTTP
+    client keeps such a connection alive: the transformer's check of its predictor got that 404 for 90 s after the
+    predictor was ready, and the first `deploy` took 262 s instead of ~50. Translated connections carry a pod's
+    address by the time the filter table sees them, so only the untranslated ones match.
     """
     if _run("iptables", "-t", "filter", "-S", ADMIN_CHAIN, check=False).returncode:
         _run("iptables", "-t", "filter", "-N", ADMIN_CHAIN)
