@@ -199,6 +199,13 @@ def pods(cluster):
     NUMBERS["first pods Ready since up started (s)"] = round(
         NUMBERS["two pods Ready after apply (s)"] + NUMBERS["up (make local-cluster-up, s)"], 1)
     cluster_ip = kubectl(cluster, "-n", NAMESPACE, "get", "service", "web", "-o", "jsonpath={.spec.clusterIP}").stdout
+    # kube-proxy writes the Service's rules after the EndpointSlice names the ready pod (at most one sync a
+    # second): until then a connection is refused (tests/node.py), as on any cluster. Wait for that, not longer.
+    ready = time.monotonic()
+    while not _get(cluster, cluster_ip).stdout.startswith("HTTP/1.1 200"):
+        assert time.monotonic() - ready < 30, "the ClusterIP never answered: kube-proxy did not program it"
+        time.sleep(0.2)
+    NUMBERS["Service answers after pods Ready (s)"] = round(time.monotonic() - ready, 1)
     return {"cluster_ip": cluster_ip}
 
 
@@ -233,11 +240,15 @@ def test_logs_and_exec_with_stdin(cluster, pods):
     assert echoed.stdout == "through the kubelet\n"
 
 
+def _get(cluster, host: str, port: int = 80, check: bool = False) -> subprocess.CompletedProcess:
+    request = f'printf "GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n" | nc -w 5 {host} {port}'
+    return kubectl(cluster, "-n", NAMESPACE, "exec", "client", "--", "sh", "-c", request, check=check)
+
+
 def http_get(cluster, host: str, port: int = 80) -> str:
     """The body of GET / on host:port from the client pod. With nc: Debian's busybox-static `wget` segfaults
     (exit 139, on the host too), its `nc` and name resolution work."""
-    request = f'printf "GET / HTTP/1.0\\r\\nHost: {host}\\r\\n\\r\\n" | nc -w 5 {host} {port}'
-    response = kubectl(cluster, "-n", NAMESPACE, "exec", "client", "--", "sh", "-c", request).stdout
+    response = _get(cluster, host, port, check=True).stdout
     head, _, body = response.partition("\n\n")  # text mode: CRLF arrives as LF
     assert head.startswith("HTTP/1.1 200"), response
     return body
