@@ -111,6 +111,30 @@ def _rss_mib(pids: dict[str, int]) -> dict[str, float]:
     return out
 
 
+def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds so far: each server process, this client, and the machine's busy and stolen time (/proc/stat),
+    so a soak can tell the servers' work from other processes' and from a hypervisor's."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out = {}
+    for role, pid in pids.items():
+        for k, p in enumerate(process_tree(pid)):
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            out[role if k == 0 else f"{role} worker {k}"] = (int(fields[11]) + int(fields[12])) / tick
+    out["client"] = sum(os.times()[:2])
+    cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    out["machine busy"] = (sum(cpu) - cpu[3] - cpu[4]) / tick  # all but idle and iowait
+    out["machine steal"] = cpu[7] / tick
+    return out
+
+
+def _by_minute(answers: list[Answer]) -> list[float]:
+    """The p99 (ms) of each minute: whether latency drifted or one minute stalled."""
+    minutes: dict[int, list[float]] = {}
+    for a in answers:
+        minutes.setdefault(int(a.due // 60), []).append(a.latency)
+    return [_ms(minutes[m])["p99_ms"] for m in sorted(minutes)]
+
+
 def _counts(results) -> dict:
     counts: dict[str, int] = {}
     for a in results:
@@ -136,9 +160,10 @@ def _slowest_seconds(answers: list[Answer], n: int = 5) -> dict[int, float]:
 
 
 def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
-    rss_start, load_start = _rss_mib(pids), _load()
+    rss_start, load_start, cpu_start = _rss_mib(pids), _load(), _cpu_seconds(pids)
     results = _at_rate(url, path, rate, SOAK_SECONDS)
-    rss_end = _rss_mib(pids)
+    rss_end, cpu_end = _rss_mib(pids), _cpu_seconds(pids)
+    servers = sum(cpu_end[k] - cpu_start[k] for k in rss_start)
     last = SOAK_SECONDS - 60
     first_minute = _ms([a.latency for a in results if a.due < 60])
     last_minute = _ms([a.latency for a in results if a.due >= last])
@@ -152,6 +177,10 @@ def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
             "slowest_seconds": _slowest_seconds(results),
             "all": _ms([a.latency for a in results]), "first_minute": first_minute, "last_minute": last_minute,
             "p99_last_over_first": round(last_minute["p99_ms"] / first_minute["p99_ms"], 2),
+            "p99_ms_by_minute": _by_minute(results),
+            "cpu_seconds": {**{k: round(v - cpu_start[k], 1) for k, v in cpu_end.items()},
+                            "other processes": round(cpu_end["machine busy"] - cpu_start["machine busy"] - servers
+                                                     - cpu_end["client"] + cpu_start["client"], 1)},
             "rss_mib_start": rss_start, "rss_mib_end": rss_end,
             "rss_growth_percent": {k: round((rss_end[k] / v - 1) * 100, 1) for k, v in rss_start.items()},
             "load": f"{load_start} -> {_load()}"}
