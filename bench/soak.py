@@ -161,7 +161,17 @@ def _slowest_seconds(answers: list[Answer], n: int = 5) -> dict[int, float]:
 
 def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
     rss_start, load_start, cpu_start = _rss_mib(pids), _load(), _cpu_seconds(pids)
+    marks, stop = [cpu_start], threading.Event()
+
+    def every_minute():
+        while not stop.wait(60):
+            marks.append(_cpu_seconds(pids))
+
+    sampler = threading.Thread(target=every_minute, daemon=True)
+    sampler.start()
     results = _at_rate(url, path, rate, SOAK_SECONDS)
+    stop.set()
+    sampler.join()
     rss_end, cpu_end = _rss_mib(pids), _cpu_seconds(pids)
     servers = sum(cpu_end[k] - cpu_start[k] for k in rss_start)
     last = SOAK_SECONDS - 60
@@ -181,6 +191,8 @@ def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
             "cpu_seconds": {**{k: round(v - cpu_start[k], 1) for k, v in cpu_end.items()},
                             "other processes": round(cpu_end["machine busy"] - cpu_start["machine busy"] - servers
                                                      - cpu_end["client"] + cpu_start["client"], 1)},
+            # Per minute: one process's work growing, or all of them slower at once (the cores, not the code).
+            "cpu_seconds_by_minute": {k: [round(b[k] - a[k], 1) for a, b in zip(marks, marks[1:])] for k in cpu_start},
             "rss_mib_start": rss_start, "rss_mib_end": rss_end,
             "rss_growth_percent": {k: round((rss_end[k] / v - 1) * 100, 1) for k, v in rss_start.items()},
             "load": f"{load_start} -> {_load()}"}
