@@ -100,14 +100,19 @@ def _ms(latencies) -> dict:
             "max_ms": round(float(ms.max()), 1)}
 
 
+def _processes(pids: dict[str, int]) -> dict[str, int]:
+    """Each server process by name (gunicorn: its master and each worker), the same names in every figure."""
+    return {role if k == 0 else f"{role} worker {k}": p
+            for role, pid in pids.items() for k, p in enumerate(process_tree(pid))}
+
+
 def _rss_mib(pids: dict[str, int]) -> dict[str, float]:
-    """Resident memory of each server process (gunicorn: its master and each worker)."""
+    """Resident memory of each server process."""
     out = {}
-    for role, pid in pids.items():
-        for k, p in enumerate(process_tree(pid)):
-            status = Path(f"/proc/{p}/status").read_text()
-            kib = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
-            out[role if k == 0 else f"{role} worker {k}"] = round(kib / 1024, 1)
+    for name, p in _processes(pids).items():
+        status = Path(f"/proc/{p}/status").read_text()
+        kib = int(next(line for line in status.splitlines() if line.startswith("VmRSS:")).split()[1])
+        out[name] = round(kib / 1024, 1)
     return out
 
 
@@ -116,14 +121,15 @@ def _cpu_seconds(pids: dict[str, int]) -> dict[str, float]:
     so a soak can tell the servers' work from other processes' and from a hypervisor's."""
     tick = os.sysconf("SC_CLK_TCK")
     out = {}
-    for role, pid in pids.items():
-        for k, p in enumerate(process_tree(pid)):
-            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
-            out[role if k == 0 else f"{role} worker {k}"] = (int(fields[11]) + int(fields[12])) / tick
+    for name, p in _processes(pids).items():
+        fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        out[name] = (int(fields[11]) + int(fields[12])) / tick  # utime + stime
     out["client"] = sum(os.times()[:2])
-    cpu = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    out["machine busy"] = (sum(cpu) - cpu[3] - cpu[4]) / tick  # all but idle and iowait
-    out["machine steal"] = cpu[7] / tick
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (
+        int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9])
+    # Guest time is counted in user already, and steal is no process's: neither belongs in busy.
+    out["machine busy"] = (user + nice + system + irq + softirq) / tick
+    out["machine steal"] = steal / tick
     return out
 
 
@@ -173,7 +179,8 @@ def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
     stop.set()
     sampler.join()
     rss_end, cpu_end = _rss_mib(pids), _cpu_seconds(pids)
-    servers = sum(cpu_end[k] - cpu_start[k] for k in rss_start)
+    used = {k: v - cpu_start[k] for k, v in cpu_end.items()}
+    used["other processes"] = used["machine busy"] - used["client"] - sum(used[k] for k in rss_start)
     last = SOAK_SECONDS - 60
     first_minute = _ms([a.latency for a in results if a.due < 60])
     last_minute = _ms([a.latency for a in results if a.due >= last])
@@ -188,9 +195,7 @@ def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
             "all": _ms([a.latency for a in results]), "first_minute": first_minute, "last_minute": last_minute,
             "p99_last_over_first": round(last_minute["p99_ms"] / first_minute["p99_ms"], 2),
             "p99_ms_by_minute": _by_minute(results),
-            "cpu_seconds": {**{k: round(v - cpu_start[k], 1) for k, v in cpu_end.items()},
-                            "other processes": round(cpu_end["machine busy"] - cpu_start["machine busy"] - servers
-                                                     - cpu_end["client"] + cpu_start["client"], 1)},
+            "cpu_seconds": {k: round(v, 1) for k, v in used.items()},
             # Per minute: one process's work growing, or all of them slower at once (the cores, not the code).
             "cpu_seconds_by_minute": {k: [round(b[k] - a[k], 1) for a, b in zip(marks, marks[1:])] for k in cpu_start},
             "rss_mib_start": rss_start, "rss_mib_end": rss_end,
