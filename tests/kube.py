@@ -56,11 +56,31 @@ class Cluster:
         return f"https://{self.address}:{self.apiserver_port}"
 
     def env(self) -> dict[str, str]:
-        return {"KUBECONFIG": self.kubeconfig, "KUBE_CONTEXT": CONTEXT}
+        # Discovery cache in the cluster's own directory: ~/.kube/cache is keyed by host:port, and a later
+        # cluster on a reused port would start from this one's API groups (and the directory would outlive it).
+        return {"KUBECONFIG": self.kubeconfig, "KUBE_CONTEXT": CONTEXT, "KUBECACHEDIR": str(Path(self.root) / "cache")}
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([str(_bin("kubectl")), "--kubeconfig", self.kubeconfig, *args], input=input,
-                              text=True, capture_output=True, check=check)
+                              text=True, capture_output=True, check=check, env={**os.environ, **self.env()})
+
+
+def apply_crds(kubectl, manifest: str, timeout: float = 120) -> list[str]:
+    """Apply CRDs server-side and return their names once they are established and served by discovery.
+
+    That is what Helm waits for after a chart's crds/: until then a following helm cannot map their kinds
+    ("no matches for kind ServiceMonitor ... ensure CRDs are installed first", which CI stop 23 met).
+    `kubectl` is a Cluster's or a Node's kubectl method.
+    """
+    names = kubectl("apply", "--server-side", "-o", "name", "-f", "-", input=manifest).stdout.split()
+    kubectl("wait", "--for=condition=Established", f"--timeout={int(timeout)}s", *names)
+    wanted = {name.split("/", 1)[1] for name in names}  # a CRD is named <plural>.<group>, as api-resources prints
+    deadline = time.monotonic() + timeout
+    while missing := wanted - set(kubectl("api-resources", "-o", "name", check=False).stdout.split()):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the API server's discovery still lacks {sorted(missing)} after {timeout:.0f} s")
+        time.sleep(0.5)
+    return names
 
 
 def _bin(name: str) -> Path:

@@ -70,7 +70,8 @@ class CertManagerStandIn:
         rendered = subprocess.run([str(REPO / "bin" / "helm"), "template", "cert-manager", f"{charts_dir}/cert-manager",
                                    "--set", "crds.enabled=true", "--kube-version", local_node.kube.versions()["KUBE_VERSION"]], check=True, capture_output=True, text=True).stdout
         crds = [d for d in yaml.safe_load_all(rendered) if d and d.get("kind") == "CustomResourceDefinition"]
-        self.platform.apply(crds)
+        # Established and in discovery before `make kserve`'s helm maps the chart's Certificate and Issuer.
+        local_node.kube.apply_crds(self.platform.node.kubectl, "\n---\n".join(json.dumps(c) for c in crds))
 
     def _list(self, resource: str) -> list[dict]:
         return json.loads(self.platform.kubectl("get", resource, "-A", "-o", "json"))["items"]
@@ -308,7 +309,7 @@ class Platform:
         # The chart's ServiceMonitor, PodMonitor and PrometheusRule need the Prometheus operator's CRDs; the
         # operator, Prometheus and Grafana themselves cannot run here (their images cannot be pulled or built).
         crds = Path(charts_dir) / "kube-prometheus-stack" / "charts" / "crds" / "files" / "crds.bz2"
-        self.kubectl("apply", "--server-side", "-f", "-", input=bz2.decompress(crds.read_bytes()).decode())
+        local_node.kube.apply_crds(self.node.kubectl, bz2.decompress(crds.read_bytes()).decode())
         self.again_after_restart(lambda: self.make("deploy", **steps))
         mark("deploy")
         cache = REPO / ".cache" / "titanic-train.csv"

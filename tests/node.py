@@ -98,12 +98,14 @@ class Node:
         return str(self.path / "containerd" / "containerd.sock")
 
     def env(self) -> dict[str, str]:
-        return {"KUBECONFIG": self.kubeconfig, "KUBE_CONTEXT": kube.CONTEXT}
+        # The discovery cache stays in the node's directory, for the reason of kube.Cluster.env().
+        return {"KUBECONFIG": self.kubeconfig, "KUBE_CONTEXT": kube.CONTEXT, "KUBECACHEDIR": str(self.path / "cache")}
 
     def kubectl(self, *args: str, input: str | None = None, check: bool = True,
                 timeout: float | None = 120) -> subprocess.CompletedProcess:
         return subprocess.run([str(kube._bin("kubectl")), "--kubeconfig", self.kubeconfig, *args], input=input,
-                              text=True, capture_output=True, check=check, timeout=timeout)
+                              text=True, capture_output=True, check=check, timeout=timeout,
+                              env={**os.environ, **self.env()})
 
     def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         return subprocess.run([str(kube._bin("ctr")), "--address", self.containerd_socket, "-n", NAMESPACE, *args],

@@ -50,7 +50,7 @@ def make(cluster: local_kube.Cluster, *targets: str, check: bool = True, **varia
 
 def helm(cluster: local_kube.Cluster, *args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run([str(REPO / "bin" / "helm"), "--kubeconfig", cluster.kubeconfig, *args],
-                          capture_output=True, text=True, check=check, timeout=600)
+                          capture_output=True, text=True, check=check, timeout=600, env={**os.environ, **cluster.env()})
 
 
 # Steps of `make cluster-up` that cannot happen here, each with the reason; every other step runs as is.
@@ -137,7 +137,7 @@ def monitoring_crds(kube: local_kube.Cluster) -> None:
     """The Prometheus operator CRDs (ServiceMonitor, PodMonitor, PrometheusRule, ...) from the chart's own
     crds subchart, server-side as Helm installs them: the project chart's monitors need them."""
     crds = bz2.decompress((CHARTS_DIR / "kube-prometheus-stack" / "charts" / "crds" / "files" / "crds.bz2").read_bytes())
-    kube.kubectl("apply", "--server-side", "-f", "-", input=crds.decode())
+    local_kube.apply_crds(kube.kubectl, crds.decode())
 
 
 @pytest.fixture(scope="session")

@@ -139,7 +139,9 @@ def kubectl(cluster, *args: str, input: str | None = None, check: bool = True) -
 
 def test_up_prints_only_exports(cluster):
     lines = cluster["stdout"].splitlines()
-    assert lines == [f"export KUBECONFIG={cluster['node'].kubeconfig}", "export KUBE_CONTEXT=titanic-local"]
+    node = cluster["node"]
+    assert lines == [f"export KUBECONFIG={node.kubeconfig}", "export KUBE_CONTEXT=titanic-local",
+                     f"export KUBECACHEDIR={node.path / 'cache'}"]
 
 
 def test_the_node_is_real_and_ready(cluster):
