@@ -1,4 +1,5 @@
-"""The pipeline and Airflow Dockerfiles, read as text.
+"""The pipeline and Airflow Dockerfiles, read as text, and images/pip-install.sh, the pip steps of the
+builder stages of the three Python images.
 
 No image can be built here (no base image can be pulled), so the rules an image must keep are
 checked on the Dockerfile itself: base images pinned through ARGs whose defaults are the pins of
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import os
 import re
 import subprocess
 from pathlib import Path
@@ -72,6 +74,12 @@ def copied_sources(steps) -> list[str]:
 
 PIPELINE = ROOT / "images" / "pipeline" / "Dockerfile"
 AIRFLOW = ROOT / "images" / "airflow" / "Dockerfile"
+MODEL_SERVER = ROOT / "images" / "model-server" / "Dockerfile"
+WEBAPP = ROOT / "images" / "webapp" / "Dockerfile"
+# The builder stages of the Python images run their two pip steps with this script (copied in with pyproject.toml).
+PIP_INSTALL = ROOT / "images" / "pip-install.sh"
+RUNS_PIP_INSTALL = re.compile(r"\bsh pip-install\.sh\b")
+CA_EXPORT = r"if \[ -s /run/secrets/ca \]; then export (PIP_CERT|NODE_EXTRA_CA_CERTS)=/run/secrets/ca; fi"
 
 
 def test_pipeline_image_is_a_slim_two_stage_build_from_the_pinned_base():
@@ -83,7 +91,8 @@ def test_pipeline_image_is_a_slim_two_stage_build_from_the_pinned_base():
     assert any(op == "RUN" and "python -m venv /opt/venv" in args for op, args in builder)
     assert ("COPY", "--from=builder /opt/venv /opt/venv") in final
     # nothing is compiled or installed in the final stage, so it carries no toolchain
-    assert not [args for op, args in final if op == "RUN" and (COMPILERS.search(args) or "pip install" in args)]
+    assert not [args for op, args in final if op == "RUN" and (COMPILERS.search(args) or "pip install" in args
+                                                              or RUNS_PIP_INSTALL.search(args))]
 
 
 def test_pipeline_image_runs_the_cli_as_uid_1000():
@@ -127,6 +136,32 @@ def test_build_context_holds_what_copy_needs_and_no_venv(dockerfile):
 def test_dockerignore_reader_is_not_vacuous():
     assert ignored(PIPELINE, "webapp") and not ignored(PIPELINE, "pipeline")
     assert ignored(PIPELINE, "pipeline/__pycache__/x.pyc")
+    # the Python images' context gets the builder's script from images/, nothing else from there
+    assert not ignored(PIPELINE, "images/pip-install.sh") and ignored(PIPELINE, "images/pipeline/Dockerfile")
+
+
+def builder_stage(dockerfile: Path) -> list[tuple[str, str]]:
+    (builder,) = [s for s in stages(instructions(dockerfile)) if s[0][1].endswith(" AS builder")]
+    return builder
+
+
+@pytest.mark.parametrize("dockerfile, extras", [(PIPELINE, '"${PIPELINE_EXTRAS}"'), (MODEL_SERVER, "serving"),
+                                                (WEBAPP, "web")], ids=["pipeline", "model-server", "webapp"])
+def test_python_builders_install_the_dependencies_before_the_sources(dockerfile, extras):
+    """Dependencies from pyproject.toml alone (+ the script), then the sources, then the project without its
+    dependencies: a change of the sources rebuilds the small last layer only. Both steps are the shared script."""
+    builder = builder_stage(dockerfile)
+    deps, project = [i for i, (op, args) in enumerate(builder) if op == "RUN" and RUNS_PIP_INSTALL.search(args)]
+    assert builder[deps] == ("RUN", f"{CA_SECRET} sh pip-install.sh deps {extras}")
+    assert builder[project] == ("RUN", f"{CA_SECRET} sh pip-install.sh project")
+    copies = [i for i, (op, _) in enumerate(builder) if op == "COPY"]
+    # all the dependencies layer reads is pyproject.toml and the script, copied in together before it
+    assert [builder[i] for i in copies if i < deps] == [("COPY", "pyproject.toml images/pip-install.sh ./")]
+    assert ("COPY", "README.md ./") in builder and ("COPY", "pipeline/ pipeline/") in builder
+    assert all(deps < i < project for i in copies if i > deps)  # the sources, between the two steps
+    assert not [args for op, args in builder if op == "RUN" and "pip install" in args]  # no inline pip step left
+    if "PIPELINE_EXTRAS" in extras:
+        assert builder.index(("ARG", "PIPELINE_EXTRAS=deploy,explain")) < deps
 
 
 def test_make_targets_pass_the_pins_as_build_args():
@@ -189,20 +224,70 @@ CA_VARIABLES = ("PIP_CERT", "NODE_EXTRA_CA_CERTS", "REQUESTS_CA_BUNDLE", "SSL_CE
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=lambda p: p.parent.name)
 def test_downloads_get_the_build_ca_as_a_secret_and_no_image_keeps_it(dockerfile):
-    """Every RUN that downloads over HTTPS (pip, npm) mounts the build's CA bundle as an optional BuildKit secret
-    (absent on a machine without a proxy: the RUN uses its own CAs); no instruction copies a CA into an image or
-    points an image's environment at one. tests/images/test_built_images.py checks the built layers."""
+    """Every RUN that downloads over HTTPS (pip, npm, images/pip-install.sh) mounts the build's CA bundle as an
+    optional BuildKit secret (absent on a machine without a proxy: the RUN uses its own CAs) and points its
+    download tool at it inside the RUN only (inline, or in the script: test below); no instruction copies a CA
+    into an image or points an image's environment at one. tests/images/test_built_images.py checks the built
+    layers."""
     downloads = 0
     for op, args in instructions(dockerfile):
-        if op == "RUN" and re.search(r"\bpip install\b|\bnpm (ci|install)\b", args):
+        if op == "RUN" and (re.search(r"\bpip install\b|\bnpm (ci|install)\b", args) or RUNS_PIP_INSTALL.search(args)):
             downloads += 1
             assert args.startswith(CA_SECRET), args
-            assert re.search(r"if \[ -s /run/secrets/ca \]; then export (PIP_CERT|NODE_EXTRA_CA_CERTS)=/run/secrets/ca; fi;", args)
+        if op == "RUN" and CA_SECRET in args:
+            assert RUNS_PIP_INSTALL.search(args) or re.search(CA_EXPORT + ";", args), args
         if op in ("COPY", "ADD"):
             assert not re.search(r"\.(crt|pem)\b|ca-certificates", args), args
-        if op == "ENV":
+        if op in ("ENV", "ARG"):
             assert not any(name in args for name in CA_VARIABLES), args
     assert downloads, "no download step found: the check above would be vacuous"
+
+
+def pip_install_script(tmp_path: Path, ca: str | None) -> tuple[Path, Path]:
+    """images/pip-install.sh in a fake /src (tmp_path/src, with pyproject.toml) whose pip and CA secret live in
+    tmp_path; the fake pip logs PIP_CERT, its arguments and the folder it sees, and leaves build/ and an
+    egg-info as setuptools does. Returns (src, log)."""
+    src, log, pip, secret = tmp_path / "src", tmp_path / "pip.log", tmp_path / "pip", tmp_path / "ca"
+    src.mkdir()
+    (src / "pyproject.toml").write_text("[project]\n")
+    text = PIP_INSTALL.read_text()
+    assert text.count("/opt/venv/bin/pip ") == 2 and text.count("/run/secrets/ca") == 2
+    (src / "pip-install.sh").write_text(text.replace("/opt/venv/bin/pip ", f"{pip} ")
+                                        .replace("/run/secrets/ca", str(secret)))
+    pip.write_text(f'#!/bin/sh\n{{ echo "PIP_CERT=${{PIP_CERT-}}"; echo "$*"; ls -A | tr "\\n" " "; echo; }} >>{log}\n'
+                   'mkdir -p build titanic_mlops.egg-info\n')
+    pip.chmod(0o755)
+    if ca is not None:
+        secret.write_text(ca)
+    return src, log
+
+
+@pytest.mark.parametrize("ca", [None, "", "-----BEGIN CERTIFICATE-----\n"], ids=["no-secret", "empty", "bundle"])
+def test_pip_install_script_deps_then_project(tmp_path, ca):
+    src, log = pip_install_script(tmp_path, ca)
+    env = {k: v for k, v in os.environ.items() if k not in CA_VARIABLES}  # as in a build: no CA variable set
+    sh = lambda *a: subprocess.run(["sh", "pip-install.sh", *a], cwd=src, env=env, capture_output=True, text=True,
+                                   timeout=30)
+    cert = f"PIP_CERT={tmp_path / 'ca'}" if ca else "PIP_CERT="
+    deps = sh("deps", "deploy,explain")
+    assert deps.returncode == 0, deps.stderr
+    # pip saw the empty stand-ins of the sources; they and pip's leftovers are gone, the script stays
+    cert_seen, args, folder = log.read_text().splitlines()
+    assert (cert_seen, args) == (cert, "install --only-binary=:all: --no-binary=titanic-mlops .[deploy,explain]")
+    assert sorted(folder.split()) == ["README.md", "pip-install.sh", "pipeline", "pyproject.toml", "webapp"]
+    assert sorted(p.name for p in src.iterdir()) == ["pip-install.sh", "pyproject.toml"]
+    log.unlink()
+    project = sh("project")
+    assert project.returncode == 0, project.stderr
+    assert log.read_text().splitlines()[:2] == [cert, "install --no-deps --force-reinstall --no-binary=titanic-mlops ."]
+
+
+def test_pip_install_script_refuses_anything_else(tmp_path):
+    src, log = pip_install_script(tmp_path, None)
+    for args in ([], ["bogus"], ["deps"], ["deps", "web", "x"], ["project", "x"]):
+        result = subprocess.run(["sh", "pip-install.sh", *args], cwd=src, capture_output=True, text=True, timeout=30)
+        assert result.returncode == 2 and result.stderr.startswith("usage: "), (args, result)
+        assert not log.exists() and sorted(p.name for p in src.iterdir()) == ["pip-install.sh", "pyproject.toml"]
 
 
 def test_no_dockerfile_needs_a_frontend_from_a_registry():

@@ -10,7 +10,7 @@ import shlex
 import subprocess
 
 from tests.images.test_dockerfiles import (
-    COMPILERS, PINS, ROOT, arg_defaults, copied_sources, ignored, image_tag, instructions, stages,
+    COMPILERS, PINS, ROOT, RUNS_PIP_INSTALL, arg_defaults, copied_sources, ignored, image_tag, instructions, stages,
 )
 
 DOCKERFILE = ROOT / "images" / "webapp" / "Dockerfile"
@@ -29,7 +29,7 @@ def test_css_stage_builder_stage_and_slim_final_stage_from_the_pins():
     assert ("COPY", "--from=css /src/webapp/static/app.css webapp/static/app.css") in builder
     assert ("COPY", "--from=builder /opt/venv /opt/venv") in final
     assert not [args for op, args in final if op == "RUN" and (COMPILERS.search(args) or "pip install" in args
-                                                              or "npm" in args)]
+                                                              or RUNS_PIP_INSTALL.search(args) or "npm" in args)]
 
 
 def test_final_stage_runs_gunicorn_as_uid_1000_with_multiprocess_metrics():
@@ -50,6 +50,7 @@ def test_build_context_holds_what_copy_needs_and_nothing_heavy():
         for path in ROOT.glob(source.rstrip("/")):
             assert not ignored(DOCKERFILE, str(path.relative_to(ROOT))), source
         assert list(ROOT.glob(source.rstrip("/"))), source
+    assert "images/pip-install.sh" in copied_sources(instructions(DOCKERFILE))  # the builder's pip steps
     for heavy in (".venv", ".git", "bin", "tests", "webapp/node_modules", "webapp/static/app.css"):
         assert ignored(DOCKERFILE, heavy), heavy
 
