@@ -22,6 +22,7 @@ import gc
 import itertools
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import threading
@@ -165,9 +166,26 @@ def _slowest_seconds(answers: list[Answer], n: int = 5) -> dict[int, float]:
     return {second: round(latency * 1e3, 1) for second, latency in sorted(top)}
 
 
+# Fixed work, once a second in a process of its own, timed in that thread's CPU time: waiting for a core does not
+# count, so a minute in which it costs more is a minute in which the cores themselves ran slower (a busy sibling
+# hyperthread, a lower clock), whatever the servers did. Costs ~5 ms of CPU a second. Ends when stdin closes.
+CORE_PROBE = """
+import json, select, sys, time
+minutes, start = {}, time.monotonic()
+while not select.select([sys.stdin], [], [], 1.0)[0]:
+    began, x = time.thread_time(), 0
+    for i in range(50_000):
+        x += i * i
+    minutes.setdefault(int((time.monotonic() - start) // 60), []).append(time.thread_time() - began)
+print(json.dumps([round(sorted(v)[len(v) // 2] * 1e3, 2) for _, v in sorted(minutes.items())]))
+"""
+
+
 def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
     rss_start, load_start, cpu_start = _rss_mib(pids), _load(), _cpu_seconds(pids)
     marks, stop = [cpu_start], threading.Event()
+    core_probe = subprocess.Popen([sys.executable, "-c", CORE_PROBE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                  text=True)
 
     def every_minute():
         while not stop.wait(60):
@@ -178,6 +196,7 @@ def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
     results = _at_rate(url, path, rate, SOAK_SECONDS)
     stop.set()
     sampler.join()
+    core_ms_by_minute = json.loads(core_probe.communicate(timeout=30)[0])
     rss_end, cpu_end = _rss_mib(pids), _cpu_seconds(pids)
     used = {k: v - cpu_start[k] for k, v in cpu_end.items()}
     used["other processes"] = used["machine busy"] - used["client"] - sum(used[k] for k in rss_start)
@@ -198,6 +217,7 @@ def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
             "cpu_seconds": {k: round(v, 1) for k, v in used.items()},
             # Per minute: one process's work growing, or all of them slower at once (the cores, not the code).
             "cpu_seconds_by_minute": {k: [round(b[k] - a[k], 1) for a, b in zip(marks, marks[1:])] for k in cpu_start},
+            "core_probe_ms_by_minute": core_ms_by_minute,
             "rss_mib_start": rss_start, "rss_mib_end": rss_end,
             "rss_growth_percent": {k: round((rss_end[k] / v - 1) * 100, 1) for k, v in rss_start.items()},
             "load": f"{load_start} -> {_load()}"}
