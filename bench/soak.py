@@ -168,24 +168,39 @@ def _slowest_seconds(answers: list[Answer], n: int = 5) -> dict[int, float]:
 
 # Fixed work, once a second in a process of its own, timed in that thread's CPU time: waiting for a core does not
 # count, so a minute in which it costs more is a minute in which the cores themselves ran slower (a busy sibling
-# hyperthread, a lower clock), whatever the servers did. Costs ~5 ms of CPU a second. Ends when stdin closes.
+# hyperthread, a lower clock, a neighbour on the host), whatever the servers did. ~5 ms of CPU a second; it prints
+# its (time, seconds) samples when stdin closes.
 CORE_PROBE = """
 import json, select, sys, time
-minutes, start = {}, time.monotonic()
+samples = []
 while not select.select([sys.stdin], [], [], 1.0)[0]:
     began, x = time.thread_time(), 0
     for i in range(50_000):
         x += i * i
-    minutes.setdefault(int((time.monotonic() - start) // 60), []).append(time.thread_time() - began)
-print(json.dumps([round(sorted(v)[len(v) // 2] * 1e3, 2) for _, v in sorted(minutes.items())]))
+    samples.append((time.time(), time.thread_time() - began))
+print(json.dumps(samples))
 """
+
+
+class CoreProbe:
+    """CORE_PROBE for the `with` block; then `ms(start, end)`: its median ms between two time.time() stamps."""
+
+    def __enter__(self):
+        self.proc = subprocess.Popen([sys.executable, "-c", CORE_PROBE], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True)
+        return self
+
+    def __exit__(self, *exc):
+        self.samples = json.loads(self.proc.communicate(timeout=30)[0])
+
+    def ms(self, start: float, end: float) -> float | None:
+        window = [seconds for t, seconds in self.samples if start <= t < end]
+        return round(float(np.median(window)) * 1e3, 2) if window else None
 
 
 def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
     rss_start, load_start, cpu_start = _rss_mib(pids), _load(), _cpu_seconds(pids)
-    marks, stop = [cpu_start], threading.Event()
-    core_probe = subprocess.Popen([sys.executable, "-c", CORE_PROBE], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                  text=True)
+    marks, stop, started = [cpu_start], threading.Event(), time.time()
 
     def every_minute():
         while not stop.wait(60):
@@ -196,7 +211,6 @@ def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
     results = _at_rate(url, path, rate, SOAK_SECONDS)
     stop.set()
     sampler.join()
-    core_ms_by_minute = json.loads(core_probe.communicate(timeout=30)[0])
     rss_end, cpu_end = _rss_mib(pids), _cpu_seconds(pids)
     used = {k: v - cpu_start[k] for k, v in cpu_end.items()}
     used["other processes"] = used["machine busy"] - used["client"] - sum(used[k] for k in rss_start)
@@ -204,7 +218,7 @@ def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
     first_minute = _ms([a.latency for a in results if a.due < 60])
     last_minute = _ms([a.latency for a in results if a.due >= last])
     errors = [a for a in results if a.status != 200]
-    return {"rate_per_s": round(rate, 1), "seconds": SOAK_SECONDS, "requests": len(results),
+    return {"rate_per_s": round(rate, 1), "seconds": SOAK_SECONDS, "started": started, "requests": len(results),
             "errors": len(errors), "answers": _counts(results),
             # When the errors fell, and how late the client itself sent then: a burst after a stall of its own
             # (256 threads on the servers' cores) is not the servers' doing.
@@ -217,7 +231,6 @@ def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
             "cpu_seconds": {k: round(v, 1) for k, v in used.items()},
             # Per minute: one process's work growing, or all of them slower at once (the cores, not the code).
             "cpu_seconds_by_minute": {k: [round(b[k] - a[k], 1) for a, b in zip(marks, marks[1:])] for k in cpu_start},
-            "core_probe_ms_by_minute": core_ms_by_minute,
             "rss_mib_start": rss_start, "rss_mib_end": rss_end,
             "rss_growth_percent": {k: round((rss_end[k] / v - 1) * 100, 1) for k, v in rss_start.items()},
             "load": f"{load_start} -> {_load()}"}
@@ -229,27 +242,33 @@ def _overload(url: str, path: str, rate: float) -> dict:
     by_status = {s: [a.latency for a in results if a.status == s] for s in (200, 503)}
     return {"rate_per_s": round(rate, 1), "seconds": OVERLOAD_SECONDS, "requests": len(results),
             "answers": _counts(results), "ok_per_s": round(len(by_status[200]) / OVERLOAD_SECONDS, 1),
-            "ok": _ms(by_status[200]), "shed": _ms(by_status[503]), "load": f"{load_start} -> {_load()}"}
+            "ok": _ms(by_status[200]), "shed": _ms(by_status[503]),
+            # Latencies count from when a request was due: under 2x the senders themselves fall behind.
+            "client_late": _ms([a.late for a in results]), "load": f"{load_start} -> {_load()}"}
 
 
 def _recovery(url: str, path: str, rate: float, soak_p50_ms: float) -> dict:
     """Seconds from the overload's end to the first second answered without error at the soak's median (x1.5)."""
     results = _at_rate(url, path, rate, RECOVERY_SECONDS)
-    good = [second for second in range(int(RECOVERY_SECONDS))
-            if (window := [a for a in results if second <= a.due < second + 1])
-            and all(a.status == 200 for a in window)
-            and np.median([a.latency for a in window]) * 1e3 <= 1.5 * soak_p50_ms]
+    seconds = [[a for a in results if second <= a.due < second + 1] for second in range(int(RECOVERY_SECONDS))]
+    p50s = [float(np.median([a.latency for a in window])) * 1e3 if window else None for window in seconds]
+    good = [second for second, (window, p50) in enumerate(zip(seconds, p50s))
+            if window and all(a.status == 200 for a in window) and p50 <= 1.5 * soak_p50_ms]
     return {"rate_per_s": round(rate, 1), "answers": _counts(results), "all": _ms([a.latency for a in results]),
+            "p50_ms_by_second": [p50 if p50 is None else round(p50, 1) for p50 in p50s],
             "recovered_after_s": good[0] if good else None}
 
 
 def run() -> dict:
     if os.environ.get("BENCH_SOAK") != "1":
         return {"skipped": "takes ~14 minutes: make bench-soak (or BENCH_SOAK=1)"}
+    probe = CoreProbe()
     with (isolated_settings() as settings, tempfile.TemporaryDirectory(prefix="bench-soak-") as logs,
           contextlib.ExitStack() as running):
         trained = _train(settings)
         url, procs = running.enter_context(stack(REPO, trained, Path(logs)))
+        running.enter_context(probe)  # stops first: its samples are there after the `with`
+        stamps = {"capacity": time.time()}
         pids = {role: p.pid for role, p in procs.items()}
         target = Target(url["web"], "/api/predict", pids)
         clients = [_Client(target.url) for _ in range(CAPACITY_CLIENTS)]
@@ -265,10 +284,22 @@ def run() -> dict:
         result = {"closed_loop_per_s": round(closed_loop, 1), "capacity_per_s": round(capacity, 1),
                   "capacity_offered_per_s": round(RAMP_FACTOR * closed_loop, 1), "capacity_load": _load()}
         # The ramp's backlog and load are gone before the soak's first minute (after 5 s its p99 was 12x the last's).
+        stamps["rest"] = time.time()
         time.sleep(30)
+        stamps["soak"] = time.time()
         result["soak"] = _soak(target.url, target.path, SOAK_SHARE * capacity, pids)
+        stamps["overload"] = time.time()
         result["overload"] = _overload(target.url, target.path, OVERLOAD_FACTOR * capacity)
+        stamps["recovery"] = time.time()
         result["recovery"] = _recovery(target.url, target.path, SOAK_SHARE * capacity, result["soak"]["all"]["p50_ms"])
+        stamps["end"] = time.time()
+    # How fast the cores themselves were in each phase (the rest is the idle reference), in each minute of the soak
+    # and in each 5 s of the recovery: a phase that missed its target on slower cores says so.
+    phases = list(stamps.items())
+    result["core_probe_ms"] = {name: probe.ms(start, end) for (name, start), (_, end) in zip(phases, phases[1:])}
+    result["soak"]["core_probe_ms_by_minute"] = [probe.ms(t, t + 60) for t in
+                                                 np.arange(result["soak"]["started"], stamps["overload"] - 1, 60)]
+    result["recovery"]["core_probe_ms_by_5s"] = [probe.ms(t, t + 5) for t in np.arange(stamps["recovery"], stamps["end"], 5)]
     soak, recovered = result["soak"], result["recovery"]["recovered_after_s"]
     result["targets"] = TARGETS
     result["met"] = {"errors": soak["errors"] == 0,
