@@ -200,7 +200,7 @@ class CoreProbe:
 
 def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
     rss_start, load_start, cpu_start = _rss_mib(pids), _load(), _cpu_seconds(pids)
-    marks, stop, started = [cpu_start], threading.Event(), time.time()
+    marks, stop = [cpu_start], threading.Event()
 
     def every_minute():
         while not stop.wait(60):
@@ -218,7 +218,7 @@ def _soak(url: str, path: str, rate: float, pids: dict[str, int]) -> dict:
     first_minute = _ms([a.latency for a in results if a.due < 60])
     last_minute = _ms([a.latency for a in results if a.due >= last])
     errors = [a for a in results if a.status != 200]
-    return {"rate_per_s": round(rate, 1), "seconds": SOAK_SECONDS, "started": started, "requests": len(results),
+    return {"rate_per_s": round(rate, 1), "seconds": SOAK_SECONDS, "requests": len(results),
             "errors": len(errors), "answers": _counts(results),
             # When the errors fell, and how late the client itself sent then: a burst after a stall of its own
             # (256 threads on the servers' cores) is not the servers' doing.
@@ -298,7 +298,7 @@ def run() -> dict:
     phases = list(stamps.items())
     result["core_probe_ms"] = {name: probe.ms(start, end) for (name, start), (_, end) in zip(phases, phases[1:])}
     result["soak"]["core_probe_ms_by_minute"] = [probe.ms(t, t + 60) for t in
-                                                 np.arange(result["soak"]["started"], stamps["overload"] - 1, 60)]
+                                                 np.arange(stamps["soak"], stamps["overload"] - 1, 60)]
     result["recovery"]["core_probe_ms_by_5s"] = [probe.ms(t, t + 5) for t in np.arange(stamps["recovery"], stamps["end"], 5)]
     soak, recovered = result["soak"], result["recovery"]["recovered_after_s"]
     result["targets"] = TARGETS

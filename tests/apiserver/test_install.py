@@ -46,7 +46,6 @@ def test_every_release_is_deployed(kube, platform):
     assert {name: r["status"] for name, r in releases.items()} == {name: "deployed" for name in releases}
 
 
-
 def test_kubectl_and_helm_keep_discovery_in_the_clusters_directory(kube, platform):
     """Every step's kubectl and helm cached discovery under the cluster's own directory (KUBECACHEDIR), where it
     goes with the cluster. ~/.kube/cache is keyed by host:port only, so a later cluster on a reused port would
@@ -54,8 +53,9 @@ def test_kubectl_and_helm_keep_discovery_in_the_clusters_directory(kube, platfor
     cached = Path(kube.env()["KUBECACHEDIR"]) / "discovery" / f"{kube.address}_{kube.apiserver_port}"
     assert {"monitoring.coreos.com", "serving.kserve.io", "servergroups.json"} <= {p.name for p in cached.iterdir()}
     home = Path.home() / ".kube" / "cache" / "discovery" / cached.name
-    started = Path(kube.root, "admin.kubeconfig").stat().st_mtime
+    started = Path(kube.kubeconfig).stat().st_mtime
     assert not home.exists() or home.stat().st_mtime < started, f"{home} was written while this cluster ran"
+
 
 def test_only_the_webhooks_without_a_server_were_removed(kube, platform):
     removed = platform["webhooks_removed"]
